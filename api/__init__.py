@@ -1,0 +1,1 @@
+"""The HTTP API for apps and users (issue 5)."""

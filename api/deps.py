@@ -1,0 +1,59 @@
+"""What every request needs: the app's services and the verified, rate-limited caller."""
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Engine
+
+from api.auth import Principal, TokenVerifier
+from api.errors import RateLimited, Unauthorized
+from api.metrics import ApiMetrics
+from api.ratelimit import RateLimiter
+from api.settings import ApiSettings
+from models.owned import Limits
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: ApiSettings
+    engine: Engine
+    verifier: TokenVerifier
+    limiter: RateLimiter
+    metrics: ApiMetrics
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_active=self.settings.api_max_live_nodes_per_owner,
+            max_nodes=self.settings.api_max_nodes_per_owner,
+        )
+
+
+bearer = HTTPBearer(
+    auto_error=False,
+    description="An OpenID Connect token (JWT, RS256) from the configured issuer",
+)
+
+
+def services(request: Request) -> Services:
+    found = request.app.state.services
+    assert isinstance(found, Services)
+    return found
+
+
+def principal(
+    found: Annotated[Services, Depends(services)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    if credentials is None:
+        raise Unauthorized("a bearer token is required", token_given=False)
+    caller = found.verifier.verify(credentials.credentials)
+    wait = found.limiter.take(caller.subject)
+    if wait > 0:
+        raise RateLimited(wait)
+    return caller
+
+
+Caller = Annotated[Principal, Depends(principal)]
+App = Annotated[Services, Depends(services)]

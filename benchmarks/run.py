@@ -1,0 +1,130 @@
+"""The fleet's benchmarks in one run: each figure beside its reference, measured in the
+same run, then one table and a JSON record.
+
+    ./scripts/bench [--quick] [--only overhead latency makespan scale] [--out PATH] [sizes]
+
+Measurements (each module's docstring says exactly how):
+  overhead  transitions/s through instant steps vs bare RQ no-op jobs (benchmarks.overhead)
+  latency   row change -> handler start, LISTEN vs sweep only (benchmarks.latency)
+  makespan  nodes new -> live through the simulated cloud vs the floor (benchmarks.makespan)
+  scale     due-work query on a large fleet; one worker's memory (benchmarks.scale)
+
+Every size has a full and a --quick default (the quick run takes about 3 minutes on
+2 cores); a size given on the command line wins over both."""
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks import latency, makespan, overhead, scale
+from benchmarks.harness import Bench, bench_services
+from benchmarks.report import Measurement, machine, table, write_json
+
+DEFAULT_OUT = Path(".fleet/bench.json")
+
+
+@dataclass(frozen=True)
+class Size:
+    full: float
+    quick: float
+    help: str
+
+
+SIZES: dict[str, Size] = {
+    "nodes": Size(2000, 400, "overhead: nodes through the 4-step chain"),
+    "workers": Size(2, 2, "overhead, latency: worker processes"),
+    "rounds": Size(3, 1, "overhead: interleaved rounds (the median is reported)"),
+    "latency_rows": Size(500, 100, "latency: rows moved into a work state"),
+    "latency_interval_ms": Size(10, 10, "latency: time between two rows' UPDATEs"),
+    "makespan_nodes": Size(300, 30, "makespan: nodes new -> live"),
+    "makespan_workers": Size(4, 4, "makespan: worker processes"),
+    "boot_seconds": Size(20, 20, "makespan: the simulated instance boot"),
+    "scale_rows": Size(100_000, 20_000, "scale: node rows"),
+    "due_share": Size(0.01, 0.01, "scale: share of the rows that is due"),
+    "query_runs": Size(1000, 200, "scale: runs of the due-work query (and of the reference)"),
+    "rss_steps": Size(10_000, 2_000, "scale: instant steps run by the measured worker"),
+}
+INTEGER_SIZES = {"nodes", "workers", "rounds", "latency_rows", "makespan_nodes",
+                 "makespan_workers", "scale_rows", "query_runs", "rss_steps"}  # fmt: skip
+
+
+def _overhead(bench: Bench, s: dict[str, Any]) -> Measurement:
+    sizes = overhead.OverheadSizes(s["nodes"], s["workers"], s["rounds"])
+    return overhead.measure(bench, sizes)
+
+
+def _latency(bench: Bench, s: dict[str, Any]) -> Measurement:
+    sizes = latency.LatencySizes(s["latency_rows"], s["latency_interval_ms"], s["workers"])
+    return latency.measure(bench, sizes)
+
+
+def _makespan(bench: Bench, s: dict[str, Any]) -> Measurement:
+    sizes = makespan.MakespanSizes(s["makespan_nodes"], s["makespan_workers"], s["boot_seconds"])
+    return makespan.measure(bench, sizes)
+
+
+def _scale(bench: Bench, s: dict[str, Any]) -> Measurement:
+    sizes = scale.ScaleSizes(s["scale_rows"], s["due_share"], s["query_runs"], s["rss_steps"])
+    return scale.measure(bench, sizes)
+
+
+MEASUREMENTS: dict[str, Callable[[Bench, dict[str, Any]], Measurement]] = {
+    "overhead": _overhead,
+    "latency": _latency,
+    "makespan": _makespan,
+    "scale": _scale,
+}
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="the smaller default sizes")
+    parser.add_argument("--only", nargs="+", choices=list(MEASUREMENTS), default=list(MEASUREMENTS),
+                        help="run only these measurements")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the JSON record")
+    for name, size in SIZES.items():
+        kind = int if name in INTEGER_SIZES else float
+        help_text = f"{size.help} (full {size.full:g}, quick {size.quick:g})"
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, help=help_text)
+    return parser.parse_args(argv)
+
+
+def resolve_sizes(args: argparse.Namespace) -> dict[str, Any]:
+    chosen: dict[str, Any] = {}
+    for name, size in SIZES.items():
+        given = getattr(args, name)
+        default = size.quick if args.quick else size.full
+        value = default if given is None else given
+        chosen[name] = int(value) if name in INTEGER_SIZES else float(value)
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    sizes = resolve_sizes(args)
+    measurements: list[Measurement] = []
+    with bench_services() as bench:
+        host = machine(bench)
+        for name in args.only:
+            began = time.monotonic()
+            print(f"bench: measuring {name} ...", file=sys.stderr, flush=True)
+            measurement = MEASUREMENTS[name](bench, sizes)
+            measurement.details["seconds"] = round(time.monotonic() - began, 1)
+            measurements.append(measurement)
+            print(f"bench: {name} took {measurement.details['seconds']} s", file=sys.stderr)
+    options = {"quick": args.quick, "only": args.only, "sizes": sizes}
+    write_json(args.out, measurements, host, options)
+    print(f"\n{host['cpus']} CPUs ({host['cpu_model']}), {host['memory_gib']} GiB; "
+          f"Postgres {host['postgres']}, Redis {host['redis']}, RQ {host['rq']}")  # fmt: skip
+    print(table(measurements))
+    print(f"\nJSON: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""What the steps need to know about the cloud, the hosts and the nodes' chain backend.
+Read from the environment (prefix FLEET_); worker/settings.py extends it for the runtime."""
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RegionConfig(BaseModel):
+    """Where and how to launch in one region (the golden image is per region)."""
+
+    ami: str
+    key_name: str | None = None
+    security_group_ids: list[str] = []
+    subnet_id: str | None = None
+    iam_instance_profile: str | None = None
+
+
+class ChainBackend(BaseModel):
+    """What `/unlock` is given: a bitcoind for LDK's BlockSync, and an indexer."""
+
+    bitcoind_rpc_host: str = "127.0.0.1"
+    bitcoind_rpc_port: int = 18443
+    bitcoind_rpc_username: str = "user"
+    bitcoind_rpc_password: str = "password"
+    indexer_url: str = "127.0.0.1:50001"
+
+
+class StepSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FLEET_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/fleet"
+
+    # AWS. An endpoint URL points boto3 at something else than AWS (the simulator).
+    aws_endpoint_url: str | None = None
+    regions: dict[str, RegionConfig] = {}
+    fleet_tag: str = "rln-fleet"
+    # Where a node's address comes from: its public IP, private IP, or a tag ("tag:Name").
+    address_source: str = Field(default="public_ip", pattern=r"^(public_ip|private_ip|tag:.+)$")
+    # Fleet-wide EC2 launches per second, and how many may go at once after a quiet spell.
+    launch_rate: float = Field(default=2.0, gt=0)
+    launch_burst: float = Field(default=5.0, ge=1)
+    ec2_max_retries: int = Field(default=8, ge=1)
+
+    # SSH to the hosts (the golden image's host agent).
+    ssh_user: str = "fleet"
+    ssh_port: int = 22
+    ssh_key_path: str = "~/.ssh/id_ed25519"
+    ssh_timeout_seconds: float = 10.0
+
+    # The node's REST API.
+    node_api_port: int = 3001
+    node_api_timeout_seconds: float = 10.0
+    unlock_timeout_seconds: float = 30.0
+    chain: ChainBackend = ChainBackend()
+
+    # Backups go to this bucket, under <prefix>/<owner>/<node name>/.
+    backup_bucket: str = "rln-fleet-backups"
+    backup_prefix: str = "backups"
+
+    # Secrets: "key_id:base64,..." and the id that seals new secrets.
+    secret_keys: str = ""
+    secret_key_id: str = ""
+
+    # How long a step waits before looking again at something slow (a boot, an API).
+    poll_seconds: float = Field(default=2.0, gt=0)
+
+    def address_kind(self) -> Literal["public_ip", "private_ip", "tag"]:
+        if self.address_source.startswith("tag:"):
+            return "tag"
+        return "private_ip" if self.address_source == "private_ip" else "public_ip"

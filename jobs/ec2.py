@@ -1,0 +1,156 @@
+"""EC2 behind a small interface. Instances are found by their tags first, so a launch
+that a dead worker made is found again instead of repeated; a ClientToken derived from
+the node makes AWS itself refuse a second launch. Throttling (RequestLimitExceeded) is
+retried by botocore's standard retry mode with exponential backoff."""
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Protocol
+
+import boto3
+from botocore.config import Config
+from prometheus_client import Counter
+
+from jobs.config import RegionConfig, StepSettings
+from jobs.registry import NodeSnapshot
+
+NODE_ID_TAG = "rln-fleet:node-id"
+NODE_NAME_TAG = "rln-fleet:node"
+FLEET_TAG = "rln-fleet"
+ALIVE = ["pending", "running", "stopping", "stopped", "shutting-down"]
+
+LAUNCHES = Counter("fleet_ec2_launches_total", "Instances launched by this process")
+LAUNCH_RETRIES = Counter(
+    "fleet_ec2_launch_retries_total", "RunInstances retries (throttling) before a launch went"
+)
+
+
+@dataclass(frozen=True)
+class Instance:
+    id: str
+    state: str
+    public_ip: str | None
+    private_ip: str | None
+    tags: dict[str, str]
+
+    def address(self, settings: StepSettings) -> str | None:
+        match settings.address_kind():
+            case "public_ip":
+                return self.public_ip
+            case "private_ip":
+                return self.private_ip
+            case "tag":
+                return self.tags.get(settings.address_source.removeprefix("tag:"))
+
+
+class Cloud(Protocol):
+    def find_instances(self, region: str, node_id: int) -> list[Instance]: ...
+
+    def fleet_instances(self, region: str) -> list[Instance]: ...
+
+    def launch(self, node: NodeSnapshot) -> Instance: ...
+
+    def describe(self, region: str, instance_id: str) -> Instance | None: ...
+
+    def terminate(self, region: str, instance_id: str) -> None: ...
+
+
+class Ec2Cloud:
+    def __init__(self, settings: StepSettings) -> None:
+        self.settings = settings
+
+    def find_instances(self, region: str, node_id: int) -> list[Instance]:
+        filters = [
+            {"Name": f"tag:{NODE_ID_TAG}", "Values": [str(node_id)]},
+            {"Name": f"tag:{FLEET_TAG}", "Values": [self.settings.fleet_tag]},
+            {"Name": "instance-state-name", "Values": ALIVE},
+        ]
+        return self._describe(region, Filters=filters)
+
+    def fleet_instances(self, region: str) -> list[Instance]:
+        """Every instance of this fleet in the region that is not terminated."""
+        filters = [
+            {"Name": f"tag:{FLEET_TAG}", "Values": [self.settings.fleet_tag]},
+            {"Name": "instance-state-name", "Values": ALIVE},
+        ]
+        return self._describe(region, Filters=filters)
+
+    def launch(self, node: NodeSnapshot) -> Instance:
+        region = self._region(node.region)
+        tags = {
+            "Name": node.name,
+            NODE_ID_TAG: str(node.id),
+            NODE_NAME_TAG: node.name,
+            FLEET_TAG: self.settings.fleet_tag,
+        }
+        request: dict[str, Any] = {
+            "ImageId": region.ami,
+            "InstanceType": node.instance_type,
+            "MinCount": 1,
+            "MaxCount": 1,
+            "ClientToken": f"{self.settings.fleet_tag}-node-{node.id}"[:64],
+            "TagSpecifications": [
+                {
+                    "ResourceType": "instance",
+                    "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
+                }
+            ],
+        }
+        if region.key_name:
+            request["KeyName"] = region.key_name
+        if region.security_group_ids:
+            request["SecurityGroupIds"] = region.security_group_ids
+        if region.subnet_id:
+            request["SubnetId"] = region.subnet_id
+        if region.iam_instance_profile:
+            request["IamInstanceProfile"] = {"Name": region.iam_instance_profile}
+        answer = self._client(node.region).run_instances(**request)
+        LAUNCHES.inc()
+        LAUNCH_RETRIES.inc(answer.get("ResponseMetadata", {}).get("RetryAttempts", 0))
+        return _instance(answer["Instances"][0])
+
+    def describe(self, region: str, instance_id: str) -> Instance | None:
+        found = self._describe(region, InstanceIds=[instance_id])
+        return found[0] if found else None
+
+    def terminate(self, region: str, instance_id: str) -> None:
+        self._client(region).terminate_instances(InstanceIds=[instance_id])
+
+    def _describe(self, region: str, **query: Any) -> list[Instance]:
+        pages = self._client(region).get_paginator("describe_instances").paginate(**query)
+        return [
+            _instance(raw)
+            for page in pages
+            for reservation in page["Reservations"]
+            for raw in reservation["Instances"]
+        ]
+
+    def _region(self, name: str) -> RegionConfig:
+        try:
+            return self.settings.regions[name]
+        except KeyError:
+            raise UnknownRegion(name) from None
+
+    def _client(self, region: str) -> Any:
+        return _ec2_client(region, self.settings.aws_endpoint_url, self.settings.ec2_max_retries)
+
+
+class UnknownRegion(LookupError):
+    def __init__(self, region: str) -> None:
+        super().__init__(f"region {region!r} has no launch configuration (FLEET_REGIONS)")
+
+
+@cache
+def _ec2_client(region: str, endpoint_url: str | None, max_attempts: int) -> Any:
+    retries = Config(retries={"mode": "standard", "max_attempts": max_attempts})
+    return boto3.client("ec2", region_name=region, endpoint_url=endpoint_url, config=retries)
+
+
+def _instance(raw: dict[str, Any]) -> Instance:
+    return Instance(
+        id=raw["InstanceId"],
+        state=raw["State"]["Name"],
+        public_ip=raw.get("PublicIpAddress"),
+        private_ip=raw.get("PrivateIpAddress"),
+        tags={t["Key"]: t["Value"] for t in raw.get("Tags", [])},
+    )

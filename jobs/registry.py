@@ -1,0 +1,126 @@
+"""The typed interface between the worker runtime and the steps."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from jobs.outcomes import Outcome
+from models.releases import Release
+from models.secrets import Secret, SecretKind
+from models.states import WorkState, is_work_state
+
+
+@dataclass(frozen=True)
+class NodeSnapshot:
+    """The node row as the step's claim found it. Secrets are never part of it."""
+
+    id: int
+    name: str
+    owner: str
+    region: str
+    instance_type: str
+    network: str
+    current_version: str | None
+    target_version: str | None
+    state: WorkState
+    instance_id: str | None
+    address: str | None
+    node_pubkey: str | None
+    ssh_host_key: str | None
+    attempts: int
+    step_run: int
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """What a step learns about its node and must not forget if its worker dies next
+    (an instance id right after launch). None leaves a column as it is."""
+
+    instance_id: str | None = None
+    address: str | None = None
+    node_pubkey: str | None = None
+    ssh_host_key: str | None = None
+    current_version: str | None = None
+    # The release a finished update installed is no longer a target.
+    clear_target_version: bool = False
+
+
+class StepContext(Protocol):
+    """What a step may use besides the node."""
+
+    @property
+    def node(self) -> NodeSnapshot: ...
+
+    def record(self, facts: NodeFacts) -> bool:
+        """Save facts on the row, only while this worker holds its lease."""
+        ...
+
+    def lease_held(self) -> bool:
+        """False once the worker has lost the row; a long step should stop then."""
+        ...
+
+    def secret(self, kind: SecretKind) -> Secret | None:
+        """The node's stored secret of this kind, decrypted."""
+        ...
+
+    def keep_secret(self, kind: SecretKind, secret: Secret) -> Secret:
+        """Store the secret unless one exists; return the stored one (the first wins)."""
+        ...
+
+    def note(self, event: Literal["backup"], detail: str) -> None:
+        """A line in the node's history, such as where a backup went."""
+        ...
+
+    def release(self, version: str) -> Release | None:
+        """The release of that version, if the fleet knows it."""
+        ...
+
+    def take_launch_token(self) -> float:
+        """0 when a launch may go now; otherwise seconds until the fleet's budget allows."""
+        ...
+
+
+class StepHandler(Protocol):
+    def __call__(self, context: StepContext) -> Outcome: ...
+
+
+class UnknownStep(LookupError):
+    pass
+
+
+class StepRegistry:
+    def __init__(self) -> None:
+        self._handlers: dict[WorkState, StepHandler] = {}
+
+    def register(self, state: WorkState, handler: StepHandler) -> None:
+        if not is_work_state(state):
+            raise ValueError(f"{state!r} is not a work state")
+        if state in self._handlers:
+            raise ValueError(f"a step for {state!r} is already registered")
+        self._handlers[state] = handler
+
+    def step(self, state: WorkState) -> Callable[[StepHandler], StepHandler]:
+        """Decorator form of register()."""
+
+        def decorate(handler: StepHandler) -> StepHandler:
+            self.register(state, handler)
+            return handler
+
+        return decorate
+
+    def wrap_all(self, wrapper: Callable[[WorkState, StepHandler], StepHandler]) -> None:
+        """Put every registered step inside a wrapper (instrumentation, fault injection)."""
+        self._handlers = {state: wrapper(state, h) for state, h in self._handlers.items()}
+
+    def handler_for(self, state: WorkState) -> StepHandler:
+        try:
+            return self._handlers[state]
+        except KeyError:
+            raise UnknownStep(f"no step registered for state {state!r}") from None
+
+    def states(self) -> list[WorkState]:
+        return sorted(self._handlers)
+
+
+# The registry the worker runs. Step modules (FLEET_STEP_MODULES) register into it.
+steps = StepRegistry()

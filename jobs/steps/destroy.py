@@ -1,0 +1,42 @@
+"""destroy: back up if the node answers, terminate its instance(s), wait until they are
+gone. Secrets are kept: the mnemonic is what recovers the funds."""
+
+from jobs.host import HostUnreachable
+from jobs.node_api import NodeApiError, NodeUnreachable
+from jobs.outcomes import Done, Outcome, Wait
+from jobs.registry import StepContext, steps
+from jobs.steps.common import AgentFailed, backup_to_s3, lock_quietly, node_api
+from jobs.toolbox import toolbox
+
+
+@steps.step("destroy")
+def destroy_node(context: StepContext) -> Outcome:
+    node, tools = context.node, toolbox()
+    # By tag too: an instance launched by a worker that died before recording it.
+    instances = {i.id: i for i in tools.cloud.find_instances(node.region, node.id)}
+    if node.instance_id and node.instance_id not in instances:
+        known = tools.cloud.describe(node.region, node.instance_id)
+        if known is not None:
+            instances[known.id] = known
+    alive = [i for i in instances.values() if i.state != "terminated"]
+    if not alive:
+        return Done()
+    if any(i.state != "shutting-down" for i in alive):
+        _back_up_if_answering(context)
+        for instance in alive:
+            tools.cloud.terminate(node.region, instance.id)
+    return Wait(tools.settings.poll_seconds, "instance shutting down")
+
+
+def _back_up_if_answering(context: StepContext) -> None:
+    if context.node.address is None or context.secret("wallet_password") is None:
+        return
+    try:
+        api = node_api(context)
+        lock_quietly(api)
+        backup_to_s3(context, api)
+    except (NodeUnreachable, HostUnreachable, AgentFailed):
+        return  # best effort: a node that is down cannot be backed up
+    except NodeApiError as exc:
+        if exc.name not in ("NotInitialized", "ChangingState"):
+            raise

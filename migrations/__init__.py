@@ -1,0 +1,55 @@
+"""Alembic migrations. Each version applies a readable .sql file from migrations/sql/."""
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, make_url, text
+
+from models.session import sqlalchemy_url
+
+MIGRATIONS_DIR = Path(__file__).parent
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # Alembic's config is ConfigParser-based: a literal % in a password must be doubled.
+    config.set_main_option("sqlalchemy.url", sqlalchemy_url(database_url).replace("%", "%%"))
+    return config
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    command.upgrade(alembic_config(database_url), revision)
+
+
+def create_database(database_url: str) -> bool:
+    """Create the URL's database through the server's maintenance database, unless it
+    exists. True if it was created."""
+    url = make_url(sqlalchemy_url(database_url))
+    maintenance = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with maintenance.connect() as connection:
+            exists = connection.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": url.database}
+            ).first()
+            if exists:
+                return False
+            quoted = connection.dialect.identifier_preparer.quote(str(url.database))
+            connection.execute(text(f"CREATE DATABASE {quoted}"))
+            return True
+    finally:
+        maintenance.dispose()
+
+
+def apply_sql(name: str) -> None:
+    """Run one migrations/sql file inside the migration's transaction.
+
+    It goes to psycopg directly: with no parameters psycopg leaves the text alone, so
+    plpgsql's % placeholders and := survive (SQLAlchemy's text() would parse them).
+    """
+    from alembic import op
+
+    driver_connection = op.get_bind().connection.driver_connection
+    assert driver_connection is not None
+    driver_connection.execute((MIGRATIONS_DIR / "sql" / name).read_text())

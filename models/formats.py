@@ -1,0 +1,29 @@
+"""Formats of the values apps write into a node row. The same patterns are CHECK
+constraints in migrations/sql; tests/test_schema.py checks that they match."""
+
+import re
+from typing import Final, Literal
+
+Network = Literal["regtest", "testnet", "testnet4", "signet", "mainnet"]
+
+NAME: Final = r"^[a-z][a-z0-9-]{0,61}[a-z0-9]$"
+OWNER: Final = r"^[!-~]{1,200}$"
+REGION: Final = r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$"
+INSTANCE_TYPE: Final = r"^[a-z][a-z0-9-]*\.[a-z0-9]+$"
+VERSION: Final = r"^v?[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]{1,64})?$"
+
+RULES: Final[dict[str, tuple[str, str]]] = {
+    "name": (NAME, "2-63 characters: lowercase letters, digits and '-', starting with a letter"),
+    "owner": (OWNER, "1-200 printable characters without spaces"),
+    "region": (REGION, "an AWS region such as eu-west-1"),
+    "instance_type": (INSTANCE_TYPE, "an EC2 instance type such as t3.small"),
+    "version": (VERSION, "a release version such as 0.9.1 or v0.9.1-rc.1"),
+}
+
+
+def problem(field: str, value: str) -> str | None:
+    """A one-line description of what is wrong with value, or None when it is well formed."""
+    pattern, rule = RULES[field]
+    if re.fullmatch(pattern, value):
+        return None
+    return f"bad {field.replace('_', ' ')} {value!r}: {rule}"

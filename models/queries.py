@@ -1,0 +1,36 @@
+"""Named SQL queries: models/sql/<name>.sql, one statement each, read once."""
+
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+from sqlalchemy import TextClause, text
+
+SQL_DIR = Path(__file__).parent / "sql"
+
+QueryName = Literal[
+    "due_nodes",
+    "next_wakeup",
+    "expire_leases",
+    "claim_step",
+    "renew_lease",
+    "finish_step",
+    "postpone_step",
+    "fail_step",
+    "retry_node",
+    "take_launch_token",
+    "store_secret",
+    "load_secret",
+    "note_event",
+    "hold_node",
+    "fleet_counts",
+    "act_as",
+    "lock_owner",
+    "owner_node_counts",
+    "forget_idempotency_keys",
+]
+
+
+@cache
+def query(name: QueryName) -> TextClause:
+    return text((SQL_DIR / f"{name}.sql").read_text())

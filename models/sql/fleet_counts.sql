@@ -1,0 +1,1 @@
+SELECT state, nodes, held, due FROM fleet_status

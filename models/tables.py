@@ -1,0 +1,150 @@
+"""SQLAlchemy mappings of the fleet's tables. The schema itself is made by the SQL
+migrations; tests/test_schema.py checks that these mappings match what they build."""
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Computed,
+    DateTime,
+    Double,
+    FetchedValue,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    Text,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+Timestamp = DateTime(timezone=True)
+# Columns the database fills in (defaults and triggers); the ORM leaves them out of INSERTs.
+BY_DATABASE = FetchedValue()
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StateRow(Base):
+    __tablename__ = "node_states"
+
+    state: Mapped[str] = mapped_column(Text, primary_key=True)
+    kind: Mapped[str] = mapped_column(Text)
+    position: Mapped[int] = mapped_column(SmallInteger, unique=True)
+    description: Mapped[str] = mapped_column(Text)
+
+
+class EdgeRow(Base):
+    __tablename__ = "node_edges"
+
+    from_state: Mapped[str] = mapped_column(Text, ForeignKey("node_states.state"), primary_key=True)
+    to_state: Mapped[str] = mapped_column(Text, ForeignKey("node_states.state"), primary_key=True)
+    actor: Mapped[str] = mapped_column(Text)
+
+
+class NodeRow(Base):
+    __tablename__ = "nodes"
+    __table_args__ = (
+        Index(
+            "nodes_due",
+            "next_attempt_at",
+            postgresql_where=text(
+                "state IN ('instance', 'key', 'start', 'wallet', 'stop', 'update', 'destroy')"
+                " AND held_at IS NULL AND lease_owner IS NULL"
+            ),
+        ),
+        Index("nodes_leased", "lease_expires_at", postgresql_where=text("lease_owner IS NOT NULL")),
+        Index("nodes_by_state", "state"),
+        Index("nodes_by_owner", "owner"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, unique=True)
+    owner: Mapped[str] = mapped_column(Text)
+    region: Mapped[str] = mapped_column(Text)
+    instance_type: Mapped[str] = mapped_column(Text)
+    network: Mapped[str] = mapped_column(Text)
+    current_version: Mapped[str | None] = mapped_column(Text)
+    target_version: Mapped[str | None] = mapped_column(
+        Text, ForeignKey("releases.version", name="nodes_target_release")
+    )
+    state: Mapped[str] = mapped_column(
+        Text, ForeignKey("node_states.state"), server_default=BY_DATABASE
+    )
+    instance_id: Mapped[str | None] = mapped_column(Text)
+    address: Mapped[str | None] = mapped_column(Text)
+    node_pubkey: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, server_default=BY_DATABASE)
+    step_run: Mapped[int] = mapped_column(BigInteger, server_default=BY_DATABASE)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)
+    held_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    held: Mapped[bool] = mapped_column(Boolean, Computed("held_at IS NOT NULL"))
+    ssh_host_key: Mapped[str | None] = mapped_column(Text)
+    lease_owner: Mapped[str | None] = mapped_column(Text)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)
+
+
+class HistoryRow(Base):
+    __tablename__ = "node_history"
+    __table_args__ = (Index("node_history_by_node", "node_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    node_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("nodes.id"))
+    event: Mapped[str] = mapped_column(Text)
+    from_state: Mapped[str | None] = mapped_column(Text, ForeignKey("node_states.state"))
+    to_state: Mapped[str] = mapped_column(Text, ForeignKey("node_states.state"))
+    actor: Mapped[str] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)
+
+
+class SecretRow(Base):
+    __tablename__ = "node_secrets"
+
+    node_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("nodes.id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(Text, primary_key=True)
+    key_id: Mapped[str] = mapped_column(Text)
+    nonce: Mapped[bytes] = mapped_column(LargeBinary)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)
+
+
+class ReleaseRow(Base):
+    __tablename__ = "releases"
+
+    version: Mapped[str] = mapped_column(Text, primary_key=True)
+    artifact_url: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)
+
+
+class LaunchBudgetRow(Base):
+    __tablename__ = "launch_budget"
+
+    id: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=BY_DATABASE)
+    tokens: Mapped[float] = mapped_column(Double)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)
+
+
+class IdempotencyKeyRow(Base):
+    """The first answer to a POST /nodes that carried an Idempotency-Key (api/)."""
+
+    __tablename__ = "api_idempotency_keys"
+
+    owner: Mapped[str] = mapped_column(Text, primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    request_hash: Mapped[str] = mapped_column(Text)
+    response_status: Mapped[int] = mapped_column(SmallInteger)
+    response_body: Mapped[str] = mapped_column(Text)
+    node_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("nodes.id"))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)

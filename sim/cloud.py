@@ -1,0 +1,168 @@
+"""The simulated cloud: moto for EC2 and S3, and a watcher that gives every running
+instance of the fleet a simulated host after its boot delay. The host's loopback address
+is published as a tag on the instance; the fleet, configured to read its addresses from
+that tag, runs its production code unchanged. Only loopback addresses are ever used."""
+
+import asyncio
+import concurrent.futures
+import ipaddress
+import logging
+import threading
+import time
+import urllib.request
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncssh
+import boto3
+
+from sim.aws import LaunchLog, MotoServer
+from sim.host import HostFaults, HostPorts, SimHost
+
+T = TypeVar("T")
+FLEET_TAG = "rln-fleet"
+
+
+@dataclass
+class SimSettings:
+    client_public_key: Path  # the fleet's SSH public key, authorised on every host
+    region: str = "eu-west-1"
+    moto_port: int = 0  # 0: any free port (see SimCloud.aws_url)
+    ssh_port: int = 2222
+    api_port: int = 3001
+    address_tag: str = "sim-address"
+    first_address: str = "127.77.0.1"
+    boot_seconds: float = 1.0
+    unlock_seconds: float = 0.2
+    network: str = "regtest"
+    image_version: str = "0.9.0"
+    poll_seconds: float = 0.2
+    throttle_rate: float = 0.0
+    faults: HostFaults = field(default_factory=HostFaults)
+
+
+class SimCloud:
+    def __init__(self, settings: SimSettings) -> None:
+        self.settings = settings
+        self.launches = LaunchLog(throttle_rate=settings.throttle_rate)
+        self.moto = MotoServer("127.0.0.1", settings.moto_port, self.launches)
+        self.hosts: dict[str, SimHost] = {}  # by instance id, while the instance runs
+        self.hosts_ever: dict[str, SimHost] = {}  # every host ever, terminated ones too
+        self._seen: dict[str, float] = {}  # instance id -> when the watcher first saw it
+        self._next_address = ipaddress.IPv4Address(settings.first_address)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._watching: concurrent.futures.Future[None] | None = None
+        self._client_key = asyncssh.read_public_key(str(settings.client_public_key))
+
+    @property
+    def aws_url(self) -> str:
+        return self.moto.url
+
+    def client(self, service: str) -> Any:
+        return boto3.client(
+            service,
+            region_name=self.settings.region,
+            endpoint_url=self.aws_url,
+            aws_access_key_id="sim",
+            aws_secret_access_key="sim",
+        )
+
+    def start(self) -> None:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        self.moto.start()
+        # moto keeps its state per process: a new cloud starts empty.
+        urllib.request.urlopen(
+            urllib.request.Request(f"{self.aws_url}/moto-api/reset", method="POST")
+        )
+        self._ec2, self._s3 = self.client("ec2"), self.client("s3")
+        self._thread.start()
+        self._watching = asyncio.run_coroutine_threadsafe(self._watch(), self._loop)
+
+    def stop(self) -> None:
+        if self._watching is not None:
+            self._watching.cancel()
+        self.run(self._power_off_all())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self.moto.stop()
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the simulator's loop (e.g. a host's reboot) and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=60)
+
+    def host_of(self, instance_id: str) -> SimHost:
+        return self.hosts[instance_id]
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                await self._reconcile()
+            except Exception:  # the watcher must outlive any one bad poll
+                logging.getLogger(__name__).exception("simulator watch failed")
+            await asyncio.sleep(self.settings.poll_seconds)
+
+    async def _reconcile(self) -> None:
+        instances = await asyncio.to_thread(self._fleet_instances)
+        now = time.monotonic()
+        for instance_id, state in instances.items():
+            seen = self._seen.setdefault(instance_id, now)
+            if state == "running" and instance_id not in self.hosts:
+                if now - seen >= self.settings.boot_seconds:
+                    await self._bring_up(instance_id)
+            elif state in ("shutting-down", "terminated") and instance_id in self.hosts:
+                await self.hosts.pop(instance_id).power_off()
+
+    def _fleet_instances(self) -> dict[str, str]:
+        pages = self._ec2.get_paginator("describe_instances").paginate(
+            Filters=[{"Name": "tag-key", "Values": [FLEET_TAG]}]
+        )
+        return {
+            i["InstanceId"]: i["State"]["Name"]
+            for page in pages
+            for reservation in page["Reservations"]
+            for i in reservation["Instances"]
+        }
+
+    async def _bring_up(self, instance_id: str) -> None:
+        address = str(self._next_address)
+        self._next_address += 1
+        host = SimHost(
+            address,
+            HostPorts(ssh=self.settings.ssh_port, api=self.settings.api_port),
+            self.settings.network,
+            self.settings.image_version,
+            self._client_key,
+            fetch=self._fetch,
+            upload=self._upload,
+            unlock_seconds=self.settings.unlock_seconds,
+            faults=self.settings.faults,
+        )
+        await host.boot()
+        self.hosts[instance_id] = self.hosts_ever[instance_id] = host
+        await asyncio.to_thread(
+            self._ec2.create_tags,
+            Resources=[instance_id],
+            Tags=[{"Key": self.settings.address_tag, "Value": address}],
+        )
+
+    async def _power_off_all(self) -> None:
+        for host in self.hosts.values():
+            await host.power_off()
+
+    def _fetch(self, url: str) -> bytes:
+        bucket, key = _s3_parts(url)
+        return bytes(self._s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    def _upload(self, url: str, content: bytes) -> None:
+        bucket, key = _s3_parts(url)
+        self._s3.put_object(Bucket=bucket, Key=key, Body=content)
+
+
+def _s3_parts(url: str) -> tuple[str, str]:
+    if not url.startswith("s3://"):
+        raise ValueError(f"the simulator fetches only s3:// artifacts, not {url!r}")
+    bucket, _, key = url.removeprefix("s3://").partition("/")
+    return bucket, key

@@ -1,0 +1,164 @@
+"""One simulated node host: the host agent's commands (sim/agent.py) acting on a
+simulated RLN daemon (sim/rln_daemon.py), reachable over SSH (sim/ssh_server.py) and
+HTTP on the host's own loopback address."""
+
+import asyncio
+import hashlib
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import asyncssh
+
+from sim.agent import AgentError
+from sim.rln_daemon import ApiFaults, NodeDisk, RlnDaemon
+from sim.ssh_server import SimSSHHost, start_ssh_server
+
+HEX_KEY = re.compile(r"^[0-9a-f]{64}$")
+# Fetches a release artifact (s3://... from the simulated S3) and returns its bytes.
+Fetch = Callable[[str], bytes]
+# Uploads a backup file to the simulated S3.
+Upload = Callable[[str, bytes], None]
+
+
+@dataclass
+class HostFaults:
+    agent_failure_rate: float = 0.0
+    api: ApiFaults = field(default_factory=ApiFaults)
+    rng: random.Random = field(default_factory=random.Random)
+
+
+@dataclass
+class HostPorts:
+    ssh: int
+    api: int
+
+
+class SimHost:
+    def __init__(
+        self,
+        address: str,
+        ports: HostPorts,
+        network: str,
+        version: str,
+        client_key: asyncssh.SSHKey,
+        fetch: Fetch,
+        upload: Upload,
+        unlock_seconds: float = 0.2,
+        faults: HostFaults | None = None,
+    ) -> None:
+        self.address = address
+        self.ports = ports
+        self.network = network
+        self.version = version
+        self.disk = NodeDisk()
+        self.root_key: str | None = None
+        self.daemon: RlnDaemon | None = None
+        self.host_key = asyncssh.generate_private_key("ssh-ed25519")
+        self.faults = faults or HostFaults()
+        self._client_key = client_key
+        self._fetch = fetch
+        self._upload = upload
+        self._unlock_seconds = unlock_seconds
+        self._ssh: SimSSHHost | None = None
+        self.commands: list[str] = []
+
+    # --- the machine -------------------------------------------------------------
+    async def boot(self) -> None:
+        self._ssh = await start_ssh_server(
+            self.address, self.ports.ssh, self, self.host_key, self._client_key
+        )
+
+    async def power_off(self) -> None:
+        """The host dies: SSH and the node API stop answering. The disk survives."""
+        await self._stop_daemon()
+        if self._ssh is not None:
+            await self._ssh.close()
+            self._ssh = None
+
+    async def reboot(self) -> None:
+        """The host restarts; the node service comes back (systemd) but locked."""
+        was_running = self.daemon is not None
+        await self.power_off()
+        await self.boot()
+        if was_running:
+            await self.start()
+
+    async def change_host_key(self) -> None:
+        """The host shows another SSH key from now on (rebuilt, or a man in the middle)."""
+        self.host_key = asyncssh.generate_private_key("ssh-ed25519")
+        if self._ssh is not None:
+            self._ssh.change_host_key(self.host_key)
+
+    # --- the host agent ------------------------------------------------------------
+    async def set_root_key(self, public_key_hex: str) -> str:
+        self._maybe_fail("set-root-key")
+        if not HEX_KEY.match(public_key_hex):
+            raise AgentError("invalid root public key: need 64 lowercase hex characters")
+        if public_key_hex == self.root_key:
+            return "unchanged"
+        self.root_key = public_key_hex
+        return "set"
+
+    async def start(self) -> str:
+        self._maybe_fail("start")
+        if self.daemon is not None:
+            return "already running"
+        if self.root_key is None:
+            raise AgentError("no root public key set: run set-root-key first")
+        daemon = RlnDaemon(
+            self.disk,
+            self.network,
+            self.root_key,
+            unlock_seconds=self._unlock_seconds,
+            faults=self.faults.api,
+        )
+        await daemon.start(self.address, self.ports.api)
+        self.daemon = daemon
+        return "started"
+
+    async def stop(self) -> str:
+        self._maybe_fail("stop")
+        if self.daemon is None:
+            return "already stopped"
+        await self._stop_daemon()
+        return "stopped"
+
+    async def status(self) -> str:
+        state = "running" if self.daemon is not None else "stopped"
+        return f"state={state} version={self.version} root_key={self.root_key or 'none'}"
+
+    async def install(self, version: str, url: str, sha256: str) -> str:
+        self._maybe_fail("install")
+        if self.daemon is not None:
+            raise AgentError(f"node is running: stop it before installing {version}")
+        if version == self.version:
+            return "already installed"
+        try:
+            artifact = await asyncio.to_thread(self._fetch, url)
+        except Exception as exc:  # noqa: BLE001  # any failed download is the agent's error
+            raise AgentError(f"download of {url} failed: {type(exc).__name__}") from None
+        got = hashlib.sha256(artifact).hexdigest()
+        if got != sha256:
+            raise AgentError(f"checksum mismatch for {version}: expected {sha256}, got {got}")
+        self.version = version
+        return f"installed {version}"
+
+    async def backup_upload(self, path: str, s3_uri: str) -> str:
+        self._maybe_fail("backup-upload")
+        content = self.disk.files.get(path)
+        if content is None:
+            raise AgentError(f"no such backup file: {path}")
+        await asyncio.to_thread(self._upload, s3_uri, content)
+        return s3_uri
+
+    def _maybe_fail(self, command: str) -> None:
+        self.commands.append(command)
+        if self.faults.rng.random() < self.faults.agent_failure_rate:
+            raise AgentError(f"{command}: simulated failure")
+
+    async def _stop_daemon(self) -> None:
+        if self.daemon is not None:
+            await self.daemon.stop()
+            self.daemon = None

@@ -1,0 +1,175 @@
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+import migrations
+from sim.services import NoServices, Services, admin_execute, database_url, local_services
+from worker.dispatcher import Dispatcher
+from worker.settings import FleetSettings
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATE = f"fleet_template_{os.getpid()}"
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    try:
+        with local_services(
+            tmp_path_factory.mktemp("services"),
+            os.environ.get("FLEET_TEST_DATABASE_URL"),
+            os.environ.get("FLEET_TEST_REDIS_URL"),
+        ) as found:
+            yield found
+    except NoServices as exc:
+        pytest.exit(str(exc), returncode=3)
+
+
+@pytest.fixture(scope="session")
+def template_db(services: Services) -> Iterator[str]:
+    """A migrated database that every test's database is copied from."""
+    admin_execute(services.postgres_url, f"DROP DATABASE IF EXISTS {TEMPLATE}")
+    admin_execute(services.postgres_url, f"CREATE DATABASE {TEMPLATE}")
+    url = database_url(services.postgres_url, TEMPLATE)
+    migrations.upgrade(url)
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(
+            "CREATE TABLE test_effects (node_id bigint, state text, step_run bigint,"
+            " phase text, at timestamptz DEFAULT clock_timestamp())"
+        )
+    yield TEMPLATE
+    admin_execute(services.postgres_url, f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
+
+
+@pytest.fixture
+def db_url(services: Services, template_db: str) -> Iterator[str]:
+    name = f"fleet_test_{uuid.uuid4().hex[:12]}"
+    admin_execute(services.postgres_url, f"CREATE DATABASE {name} TEMPLATE {template_db}")
+    yield database_url(services.postgres_url, name)
+    admin_execute(services.postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def redis_url(services: Services) -> str:
+    redis.Redis.from_url(services.redis_url).flushdb()
+    return services.redis_url
+
+
+@pytest.fixture
+def config(db_url: str, redis_url: str) -> FleetSettings:
+    return FleetSettings(
+        database_url=db_url,
+        redis_url=redis_url,
+        queue_name=f"fleet-test-{uuid.uuid4().hex[:8]}",
+        lease_seconds=2.0,
+        max_attempts=3,
+        backoff_base_seconds=0.3,
+        backoff_max_seconds=30.0,
+        sweep_interval_seconds=0.5,
+        step_modules="tests.steps",
+        log_level="WARNING",
+    )
+
+
+@pytest.fixture
+def fleet_env(config: FleetSettings) -> dict[str, str]:
+    """The environment for `fleet` subprocesses: the test's settings as FLEET_ variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    for field, value in config.model_dump(mode="json").items():
+        if value is not None:
+            env[f"FLEET_{field.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+@pytest.fixture
+def fleet(fleet_env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the real `fleet` command line and capture what it prints."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "worker", *args],
+            env=fleet_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    return run
+
+
+@pytest.fixture
+def start_worker(fleet_env: dict[str, str]) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start `fleet worker` processes; whatever is still running at the end is killed."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        *args: str, env: dict[str, str] | None = None, log: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        # A file, not a pipe: a pipe nobody reads fills up and blocks a chatty worker.
+        with open(log or os.devnull, "ab") as stderr:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "worker", "worker", *args],
+                env={**fleet_env, **(env or {})},
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def dispatcher(config: FleetSettings) -> Iterator[Dispatcher]:
+    """A dispatcher running its loop in a thread of the test process."""
+    running = Dispatcher(config, redis.Redis.from_url(config.redis_url))
+    stop = threading.Event()
+    thread = threading.Thread(target=running.run, args=(stop,), daemon=True)
+    thread.start()
+    yield running
+    stop.set()
+    thread.join(timeout=10)
+
+
+def add_nodes(db_url: str, names: list[str], state: str = "instance") -> list[int]:
+    with psycopg.connect(db_url, autocommit=True) as connection:
+        return [
+            int(connection.execute(
+                "INSERT INTO nodes (name, owner, region, instance_type, network, state)"
+                " VALUES (%s, 'tester', 'eu-west-1', 't3.small', 'regtest', %s) RETURNING id",
+                (name, state),
+            ).fetchone()[0])  # type: ignore[index]
+            for name in names
+        ]  # fmt: skip
+
+
+def fetch(db_url: str, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    with psycopg.connect(db_url, autocommit=True) as connection:
+        return connection.execute(sql, params).fetchall()
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting until {what}")
+        time.sleep(0.05)
+
+
+pytest_plugins = ["tests.simulation"]

@@ -1,0 +1,108 @@
+"""The simulated cloud for tests: moto, the simulated hosts, and the fleet settings that
+point the production steps at them."""
+
+import base64
+import hashlib
+import json
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from jobs.config import RegionConfig
+from models.secrets import KeyRing
+from sim.cloud import SimCloud, SimSettings
+from sim.host import SimHost
+from worker.settings import FleetSettings
+
+REGION = "eu-west-1"
+RELEASE = "0.10.0"
+RELEASE_ARTIFACT = b"rgb-lightning-node 0.10.0 (simulated release artifact)"
+BACKUP_BUCKET = "fleet-backups"
+
+
+@dataclass
+class Simulation:
+    cloud: SimCloud
+    settings: FleetSettings
+    ring: KeyRing
+    env: dict[str, str]
+
+    def instances(self) -> list[dict[str, object]]:
+        pages = self.cloud.client("ec2").get_paginator("describe_instances").paginate()
+        return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
+
+    def instances_of(self, node_id: int) -> list[dict[str, object]]:
+        return [
+            i
+            for i in self.instances()
+            if {"Key": "rln-fleet:node-id", "Value": str(node_id)} in i.get("Tags", [])  # type: ignore[operator]
+        ]
+
+    def host(self, node_id: int) -> SimHost:
+        [instance] = self.instances_of(node_id)
+        return self.cloud.host_of(str(instance["InstanceId"]))
+
+    def backups(self) -> list[str]:
+        listed = self.cloud.client("s3").list_objects_v2(Bucket=BACKUP_BUCKET)
+        return sorted(str(o["Key"]) for o in listed.get("Contents", []))
+
+
+def write_ssh_key(directory: Path) -> tuple[Path, Path]:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    private, public = directory / "fleet_ssh_key", directory / "fleet_ssh_key.pub"
+    key.write_private_key(str(private))
+    key.write_public_key(str(public))
+    private.chmod(0o600)
+    return private, public
+
+
+@pytest.fixture
+def simulation(config: FleetSettings, tmp_path: Path) -> Iterator[Simulation]:
+    private, public = write_ssh_key(tmp_path)
+    # A random 127/8 block per test: parallel runs on one machine never share addresses.
+    first = f"127.{random.randint(100, 250)}.{random.randint(0, 250)}.1"
+    cloud = SimCloud(SimSettings(client_public_key=public, first_address=first, boot_seconds=0.5))
+    cloud.start()
+    s3 = cloud.client("s3")
+    for bucket in (BACKUP_BUCKET, "releases"):
+        s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3.put_object(Bucket="releases", Key=f"rln-{RELEASE}.tar.gz", Body=RELEASE_ARTIFACT)
+    secret_key = base64.b64encode(os.urandom(32)).decode()
+    settings = config.model_copy(
+        update={
+            "step_modules": "jobs.steps",
+            "aws_endpoint_url": cloud.aws_url,
+            "regions": {REGION: RegionConfig(ami="ami-0123456789abcdef0")},
+            "address_source": f"tag:{cloud.settings.address_tag}",
+            "ssh_port": cloud.settings.ssh_port,
+            "ssh_key_path": str(private),
+            "node_api_port": cloud.settings.api_port,
+            "backup_bucket": BACKUP_BUCKET,
+            "secret_keys": f"k1:{secret_key}",
+            "secret_key_id": "k1",
+            "poll_seconds": 0.3,
+            "launch_rate": 20.0,
+            "launch_burst": 20.0,
+            "lease_seconds": 3.0,
+        }
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    for field, value in settings.model_dump(mode="json").items():
+        if value is not None:
+            env[f"FLEET_{field.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    env |= {"AWS_ACCESS_KEY_ID": "sim", "AWS_SECRET_ACCESS_KEY": "sim"}
+    env["AWS_DEFAULT_REGION"] = REGION
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    try:
+        yield Simulation(cloud, settings, KeyRing.parse(f"k1:{secret_key}", "k1"), env)
+    finally:
+        cloud.stop()
+
+
+def release_sha256() -> str:
+    return hashlib.sha256(RELEASE_ARTIFACT).hexdigest()

@@ -1,0 +1,212 @@
+"""The migrations build the schema the code expects, and the database enforces the
+lifecycle on its own: every pair of states is tried directly in SQL."""
+
+import itertools
+import json
+import re
+
+import psycopg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine
+
+from models import formats
+from models.queries import query
+from models.session import sqlalchemy_url
+from models.states import ALL_STATES, NEXT_STATE, WORK_STATES
+from models.tables import Base
+from tests.conftest import fetch
+
+APP_EDGES = {("new", "instance"), ("live", "stop"), ("stopped", "start"), ("live", "update"),
+             ("stopped", "update"), ("live", "wallet")} | {
+    (state, "destroy") for state in ALL_STATES if state not in ("destroy", "destroyed")
+}  # fmt: skip
+WORKER_EDGES = {("instance", "key"), ("key", "start"), ("start", "wallet"), ("wallet", "live"),
+                ("stop", "stopped"), ("update", "stopped"), ("destroy", "destroyed")}  # fmt: skip
+WORKER = "fleet-worker:test:1:abcdef"
+
+
+def put_in_state(connection: psycopg.Connection, name: str, state: str) -> int:
+    """Test setup only: place a row in any state with the triggers switched off."""
+    connection.execute(
+        "INSERT INTO releases (version, artifact_url, sha256)"
+        " VALUES ('1.0.0', 's3://releases/1.0.0.tar.gz', repeat('a', 64)) ON CONFLICT DO NOTHING"
+    )
+    row = connection.execute(
+        "INSERT INTO nodes (name, owner, region, instance_type, network, target_version)"
+        " VALUES (%s, 'tester', 'eu-west-1', 't3.small', 'regtest', '1.0.0') RETURNING id",
+        (name,),
+    ).fetchone()
+    assert row is not None
+    connection.execute("SET session_replication_role = replica")
+    connection.execute("UPDATE nodes SET state = %s WHERE id = %s", (state, row[0]))
+    connection.execute("SET session_replication_role = DEFAULT")
+    return int(row[0])
+
+
+def test_every_pair_of_states(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as connection:
+        connection.execute("SELECT set_config('application_name', %s, false)", (WORKER,))
+        for number, (before, after) in enumerate(itertools.product(ALL_STATES, ALL_STATES)):
+            node_id = put_in_state(connection, f"pair-{number}", before)
+            if (before, after) in WORKER_EDGES:
+                connection.execute(
+                    "UPDATE nodes SET lease_owner = %s, lease_expires_at = now() + interval '1m'"
+                    " WHERE id = %s",
+                    (WORKER, node_id),
+                )
+            history_before = fetch(db_url, "SELECT count(*) FROM node_history")
+            allowed = (before, after) in APP_EDGES | WORKER_EDGES
+            if allowed or before == after:
+                connection.execute("UPDATE nodes SET state = %s WHERE id = %s", (after, node_id))
+            else:
+                with pytest.raises(psycopg.Error) as refused:
+                    connection.execute(
+                        "UPDATE nodes SET state = %s WHERE id = %s", (after, node_id)
+                    )
+                assert refused.value.sqlstate == "FL001"
+                assert f"illegal transition {before} -> {after}" in str(refused.value)
+            state = fetch(db_url, "SELECT state FROM nodes WHERE id = %s", node_id)[0][0]
+            assert state == (after if allowed else before), (before, after)
+            new_history = fetch(
+                db_url,
+                "SELECT event, from_state, to_state, actor FROM node_history"
+                " WHERE node_id = %s AND event = 'transition'",
+                node_id,
+            )
+            # A row's "change" to the state it is in is not a transition: no history.
+            assert new_history == ([("transition", before, after, WORKER)] if allowed else [])
+            assert fetch(db_url, "SELECT count(*) FROM node_history")[0][0] == (
+                history_before[0][0] + (1 if allowed else 0)
+            )
+
+
+def test_database_edges_are_the_designed_ones(db_url: str) -> None:
+    edges = fetch(db_url, "SELECT from_state, to_state, actor FROM node_edges")
+    assert {(a, b) for a, b, actor in edges if actor == "app"} == APP_EDGES
+    assert {(a, b) for a, b, actor in edges if actor == "worker"} == WORKER_EDGES
+    assert {(a, b) for a, b in WORKER_EDGES} == set(NEXT_STATE.items())
+    kinds = dict(fetch(db_url, "SELECT state, kind FROM node_states"))
+    assert set(kinds) == set(ALL_STATES)
+    assert {s for s, kind in kinds.items() if kind == "work"} == set(WORK_STATES)
+
+
+def test_worker_edge_needs_the_lease_holders_session(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as connection:
+        node_id = put_in_state(connection, "leased", "instance")
+        with pytest.raises(psycopg.Error) as refused:
+            connection.execute("UPDATE nodes SET state = 'key' WHERE id = %s", (node_id,))
+        assert refused.value.sqlstate == "FL002"
+        # Leased by somebody else: still refused for this session.
+        connection.execute(
+            "UPDATE nodes SET lease_owner = 'other', lease_expires_at = now() + interval '1m'"
+            " WHERE id = %s",
+            (node_id,),
+        )
+        with pytest.raises(psycopg.Error) as refused:
+            connection.execute("UPDATE nodes SET state = 'key' WHERE id = %s", (node_id,))
+        assert refused.value.sqlstate == "FL002"
+    assert fetch(db_url, "SELECT state FROM nodes WHERE id = %s", node_id) == [("instance",)]
+
+
+def test_update_needs_a_target_version(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as connection:
+        node_id = put_in_state(connection, "upd", "live")
+        connection.execute("UPDATE nodes SET target_version = NULL WHERE id = %s", (node_id,))
+        with pytest.raises(psycopg.Error) as refused:
+            connection.execute("UPDATE nodes SET state = 'update' WHERE id = %s", (node_id,))
+        assert refused.value.sqlstate == "FL003"
+
+
+def test_an_app_request_takes_the_row_from_a_busy_worker(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as connection:
+        node_id = put_in_state(connection, "busy", "instance")
+        connection.execute(
+            "UPDATE nodes SET lease_owner = 'w', lease_expires_at = now() + interval '1m',"
+            " attempts = 2, held_at = now() WHERE id = %s",
+            (node_id,),
+        )
+        connection.execute("UPDATE nodes SET state = 'destroy' WHERE id = %s", (node_id,))
+    row = fetch(db_url, "SELECT lease_owner, attempts, held FROM nodes WHERE id = %s", node_id)
+    assert row == [(None, 0, False)]
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("name", "Bad_Name"), ("name", "-x"), ("region", "europe"), ("network", "moon"),
+     ("instance_type", "huge"), ("owner", "has space"), ("current_version", "one")],
+)  # fmt: skip
+def test_bad_values_are_refused(db_url: str, column: str, value: str) -> None:
+    good = {"name": "fine", "owner": "o", "region": "eu-west-1", "instance_type": "t3.small",
+            "network": "regtest", "current_version": "1.2.3"}  # fmt: skip
+    row = {**good, column: value}
+    with psycopg.connect(db_url, autocommit=True) as connection, pytest.raises(psycopg.Error) as e:
+        connection.execute(
+            "INSERT INTO nodes (name, owner, region, instance_type, network, current_version)"
+            " VALUES (%(name)s, %(owner)s, %(region)s, %(instance_type)s, %(network)s,"
+            " %(current_version)s)",
+            row,
+        )
+    assert e.value.sqlstate == "23514"  # check_violation
+    assert fetch(db_url, "SELECT count(*) FROM nodes") == [(0,)]
+
+
+def test_a_node_starts_in_new_or_instance(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as connection, pytest.raises(psycopg.Error) as e:
+        connection.execute(
+            "INSERT INTO nodes (name, owner, region, instance_type, network, state)"
+            " VALUES ('x1', 'o', 'eu-west-1', 't3.small', 'regtest', 'live')"
+        )
+    assert e.value.sqlstate == "FL001"
+
+
+def test_python_formats_match_the_check_constraints(db_url: str) -> None:
+    definitions = dict(
+        fetch(db_url, "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint")
+    )
+    pairs = {"nodes_name_format": formats.NAME, "nodes_owner_format": formats.OWNER,
+             "nodes_region_format": formats.REGION,
+             "nodes_instance_type_format": formats.INSTANCE_TYPE,
+             "nodes_current_version_format": formats.VERSION,
+             "nodes_target_version_format": formats.VERSION}  # fmt: skip
+    for constraint, pattern in pairs.items():
+        assert f"'{pattern}'" in str(definitions[constraint]), constraint
+
+
+def test_migrations_build_what_the_models_map(db_url: str) -> None:
+    engine = create_engine(sqlalchemy_url(db_url))
+    with engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    engine.dispose()
+    ours = [
+        d for d in differences if not any(t in str(d) for t in ("alembic_version", "test_effects"))
+    ]
+    assert ours == []
+
+
+def test_due_index_lists_exactly_the_work_states(db_url: str) -> None:
+    definition = fetch(db_url, "SELECT indexdef FROM pg_indexes WHERE indexname = 'nodes_due'")
+    listed = re.findall(r"'(\w+)'::text", str(definition[0][0]))
+    assert sorted(listed) == sorted(WORK_STATES)
+
+
+def test_due_query_scans_only_the_partial_index(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as connection:
+        connection.execute(
+            "INSERT INTO nodes (name, owner, region, instance_type, network)"
+            " SELECT 'n' || i, 'o', 'eu-west-1', 't3.small', 'regtest'"
+            " FROM generate_series(1, 20000) i"
+        )
+        connection.execute("SET session_replication_role = replica")
+        connection.execute(
+            "UPDATE nodes SET state = CASE WHEN id % 100 = 0 THEN 'instance' ELSE 'live' END"
+        )
+        connection.execute("SET session_replication_role = DEFAULT")
+        connection.execute("ANALYZE nodes")
+        sql = query("due_nodes").text.replace(":limit", "1000")
+        plan = connection.execute(f"EXPLAIN (FORMAT JSON) {sql}").fetchone()
+    assert plan is not None
+    text = json.dumps(plan[0])
+    assert '"Index Name": "nodes_due"' in text
+    assert "Seq Scan" not in text

@@ -1,0 +1,1 @@
+"""The processes: dispatcher, worker runtime, CLI, and their settings."""

@@ -1,0 +1,357 @@
+"""`fleet`: the operator's command line. Bad input gives one line on stderr and exit 2."""
+
+import getpass
+import json
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Annotated
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from models import nodes, releases, secrets
+from models.errors import BadInput, FleetError
+from models.nodes import NodeRecord
+from models.session import engine_for, transaction
+from models.states import is_state
+from models.tables import SecretRow
+from worker.logs import configure_logging
+from worker.settings import settings
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+db_app = typer.Typer(no_args_is_help=True, help="The fleet's database.")
+node_app = typer.Typer(no_args_is_help=True, help="Create, move and inspect nodes.")
+app.add_typer(db_app, name="db")
+release_app = typer.Typer(no_args_is_help=True, help="Releases nodes can be updated to.")
+app.add_typer(node_app, name="node")
+app.add_typer(release_app, name="release")
+
+out = Console()
+
+
+class Unreachable(Exception):
+    """A service the command needs does not answer (exit 1: not the user's input)."""
+
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+@contextmanager
+def operator_session() -> Iterator[Session]:
+    engine = engine_for(settings().database_url, f"fleet-cli:{getpass.getuser()}"[:63])
+    with transaction(engine) as session:
+        yield session
+
+
+def print_json(value: object) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+def node_table(rows: Sequence[NodeRecord]) -> Table:
+    table = Table("name", "state", "held", "attempts", "last error", "owner", "version", "address")
+    for r in rows:
+        table.add_row(
+            r.name,
+            r.state,
+            "held" if r.held else "",
+            str(r.attempts),
+            (r.last_error or "")[:60],
+            r.owner,
+            r.current_version or "",
+            r.address or "",
+        )
+    return table
+
+
+def dump(records: Sequence[BaseModel]) -> list[object]:
+    return [record.model_dump(mode="json") for record in records]
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    create: Annotated[bool, typer.Option(help="Create the database first if missing")] = False,
+) -> None:
+    """Apply all migrations (safe to run again)."""
+    # Commands import their heavy parts (Alembic, RQ) themselves: `fleet node ...` in a
+    # script loop should not pay for them.
+    import migrations
+
+    if create and migrations.create_database(settings().database_url):
+        out.print("database created")
+    migrations.upgrade(settings().database_url)
+    out.print("database is at the latest schema")
+
+
+@node_app.command("create")
+def node_create(
+    name: str,
+    owner: Annotated[str | None, typer.Option(help="Owner of the node [default: you]")] = None,
+    region: Annotated[str | None, typer.Option()] = None,
+    instance_type: Annotated[str | None, typer.Option()] = None,
+    network: Annotated[str | None, typer.Option()] = None,
+    version: Annotated[str | None, typer.Option(help="Release the node runs")] = None,
+    start: Annotated[bool, typer.Option(help="Ask for its instance at once")] = False,
+) -> None:
+    """Add a node (state new, or instance with --start)."""
+    config = settings()
+    spec = nodes.parse_spec(
+        name=name,
+        owner=owner or getpass.getuser(),
+        region=region or config.default_region,
+        instance_type=instance_type or config.default_instance_type,
+        network=network or config.default_network,
+        version=version,
+        start=start,
+    )
+    with operator_session() as session:
+        row = nodes.create_node(session, spec)
+        out.print(f"node {row.name} created in state {row.state}")
+
+
+@node_app.command("request")
+def node_request(
+    name: str,
+    state: str,
+    version: Annotated[str | None, typer.Option(help="Target version (for update)")] = None,
+) -> None:
+    """Ask for a node to move to STATE, by the same rules the database enforces."""
+    with operator_session() as session:
+        row = nodes.request_state(session, name, state, version)
+        out.print(f"node {row.name} is now in {row.state}")
+
+
+@node_app.command("list")
+def node_list(
+    state: Annotated[str | None, typer.Option(help="Only nodes in this state")] = None,
+    held: Annotated[bool, typer.Option("--held", help="Only held nodes")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """List nodes."""
+    if state is not None and not is_state(state):
+        raise BadInput(f"unknown state {state!r}")
+    with operator_session() as session:
+        records = [NodeRecord.model_validate(r) for r in nodes.list_nodes(session, state, held)]
+    if as_json:
+        print_json(dump(records))
+    else:
+        out.print(node_table(records))
+
+
+@node_app.command("show")
+def node_show(name: str, as_json: JsonFlag = False) -> None:
+    """One node with its history."""
+    with operator_session() as session:
+        row = nodes.find_node(session, name)
+        record = NodeRecord.model_validate(row)
+        history = nodes.node_history(session, row.id)
+    if as_json:
+        print_json({"node": record.model_dump(mode="json"), "history": dump(history)})
+        return
+    details = Table.grid(padding=(0, 2))
+    for field, value in record.model_dump().items():
+        details.add_row(field, "" if value is None else str(value))
+    out.print(details)
+    events = Table("at", "event", "from", "to", "actor", "attempt", "error", title="history")
+    for h in history:
+        events.add_row(
+            h.at.isoformat(timespec="seconds"),
+            h.event,
+            h.from_state or "",
+            h.to_state,
+            h.actor,
+            str(h.attempt),
+            h.error or "",
+        )
+    out.print(events)
+
+
+@node_app.command("retry")
+def node_retry(name: str) -> None:
+    """Let a held node try its step again."""
+    with operator_session() as session:
+        row = nodes.retry_node(session, name)
+        out.print(f"node {row.name} released; {row.state} will run again")
+
+
+@node_app.command("secrets")
+def node_secrets(
+    name: str,
+    reveal: Annotated[
+        bool, typer.Option("--reveal", help="Print the secrets in clear text (for recovery)")
+    ] = False,
+) -> None:
+    """Which secrets the fleet holds for a node; with --reveal, their values."""
+    config = settings()
+    with operator_session() as session:
+        row = nodes.find_node(session, name)
+        stored = session.execute(
+            select(SecretRow.kind, SecretRow.key_id, SecretRow.created_at)
+            .where(SecretRow.node_id == row.id)
+            .order_by(SecretRow.kind)
+        ).all()
+        if not reveal:
+            table = Table("secret", "sealed with key", "stored at")
+            for kind, key_id, created in stored:
+                table.add_row(kind, key_id, created.isoformat(timespec="seconds"))
+            out.print(table)
+            return
+        ring = secrets.KeyRing.parse(config.secret_keys, config.secret_key_id)
+        typer.echo(f"revealing the secrets of node {name} in clear text", err=True)
+        connection = session.connection()
+        for kind in secrets.SECRET_KINDS:
+            if value := secrets.load(connection, ring, row.id, kind):
+                typer.echo(f"{kind}: {value.reveal()}")
+
+
+@release_app.command("add")
+def release_add(version: str, artifact_url: str, sha256: str) -> None:
+    """Make a release known (a version, where its artifact is, and its SHA-256)."""
+    with operator_session() as session:
+        release = releases.add_release(session, version, artifact_url, sha256)
+    out.print(f"release {release.version} added")
+
+
+@release_app.command("list")
+def release_list(as_json: JsonFlag = False) -> None:
+    """The releases nodes can be updated to."""
+    with operator_session() as session:
+        known = releases.list_releases(session)
+    if as_json:
+        print_json([asdict(r) for r in known])
+        return
+    table = Table("version", "artifact", "sha256")
+    for r in known:
+        table.add_row(r.version, r.artifact_url, r.sha256)
+    out.print(table)
+
+
+@app.command("reconcile")
+def reconcile_command(
+    fix: Annotated[bool, typer.Option("--fix", help="Terminate orphans and duplicates")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask before terminating")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Compare the cloud with the rows: orphaned and duplicate instances, lost ones."""
+    from jobs.ec2 import Ec2Cloud
+    from worker import reconcile
+
+    config = settings()
+    if not config.regions:
+        raise BadInput("no regions configured (FLEET_REGIONS)")
+    engine = engine_for(config.database_url, f"fleet-cli:{getpass.getuser()}"[:63])
+    cloud = Ec2Cloud(config)
+    findings = reconcile.reconcile(engine, cloud, list(config.regions))
+    held = reconcile.hold_missing(engine, findings)
+    if as_json:
+        print_json({"findings": [asdict(f) for f in findings], "held": held})
+    else:
+        table = Table("finding", "region", "instance", "node", "detail")
+        for f in findings:
+            table.add_row(f.kind, f.region, f.instance_id or "", f.node_name or "", f.detail)
+        out.print(table if findings else "cloud and rows agree: no orphans, duplicates or losses")
+        if held:
+            out.print(f"held {held} node(s) whose instance is gone")
+    doomed = [f for f in findings if f.kind in ("orphan", "duplicate")]
+    if fix and doomed:
+        if not yes and not typer.confirm(f"terminate {len(doomed)} instance(s)?"):
+            raise BadInput("nothing terminated")
+        for instance_id in reconcile.fix(cloud, findings):
+            out.print(f"terminated {instance_id}")
+
+
+@app.command("new-secret-key")
+def new_secret_key() -> None:
+    """Print a fresh key for FLEET_SECRET_KEYS (as key_id:base64)."""
+    typer.echo(f"k{datetime.now(UTC):%Y%m%d}:{secrets.new_key()}")
+
+
+@app.command("status")
+def status(as_json: JsonFlag = False) -> None:
+    """Nodes per state (the fleet_status view)."""
+    with operator_session() as session:
+        rows = session.execute(text("SELECT * FROM fleet_status")).mappings().all()
+    if as_json:
+        print_json([dict(r) for r in rows])
+        return
+    table = Table("state", "kind", "nodes", "held", "leased", "due", "oldest due since")
+    for r in rows:
+        since = r["oldest_due_since"]
+        table.add_row(
+            r["state"],
+            r["kind"],
+            str(r["nodes"]),
+            str(r["held"]),
+            str(r["leased"]),
+            str(r["due"]),
+            since.isoformat(timespec="seconds") if since else "",
+        )
+    out.print(table)
+
+
+@app.command("dispatcher")
+def dispatcher() -> None:
+    """Turn due nodes into jobs until SIGTERM or Ctrl-C."""
+    from redis import Redis
+    from redis.exceptions import ConnectionError as RedisDown
+
+    from worker.dispatcher import Dispatcher
+
+    config = settings()
+    configure_logging(config)
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    from worker.metrics import serve_metrics
+
+    serve_metrics(config.metrics_port)
+    try:
+        Dispatcher(config, Redis.from_url(config.redis_url)).run(stop)
+    except RedisDown as exc:
+        raise Unreachable(f"cannot reach Redis: {exc}") from None
+
+
+@app.command("worker")
+def worker(
+    burst: Annotated[bool, typer.Option(help="Exit once the queue is empty")] = False,
+) -> None:
+    """Run steps. SIGTERM finishes the current step, then exits."""
+    from redis.exceptions import ConnectionError as RedisDown
+
+    from worker.process import run_worker
+
+    config = settings()
+    configure_logging(config)
+    try:
+        run_worker(config, burst=burst)
+    except RedisDown as exc:
+        raise Unreachable(f"cannot reach Redis: {exc}") from None
+
+
+def main() -> None:
+    try:
+        app()
+    except FleetError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+    except OperationalError as exc:
+        first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        typer.echo(f"error: cannot use the database: {first}", err=True)
+        raise SystemExit(1) from None
+    except Unreachable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None

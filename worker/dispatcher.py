@@ -1,0 +1,148 @@
+"""The dispatcher: turn every due row into one RQ job.
+
+It LISTENs for the triggers' notifications (fast path) and also sweeps on an interval,
+because notifications are lost while it is down. Each sweep first takes back rows whose
+lease expired (a dead worker) without waiting for RQ's own abandoned-job cleanup."""
+
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import psycopg
+import structlog
+from redis import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+
+from jobs.ec2 import Ec2Cloud
+from models.queries import query
+from models.session import engine_for
+from worker import metrics
+from worker.identity import process_name
+from worker.queue import DueStep, StepQueue
+from worker.reconcile import hold_missing, reconcile
+from worker.settings import FleetSettings
+
+log = structlog.get_logger()
+
+CHANNEL = "fleet_due"
+# The longest the loop blocks before it looks at its stop flag again.
+MAX_BLOCK_SECONDS = 0.5
+RECONNECT_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    due: int
+    enqueued: int
+    expired_leases: int
+
+
+class Dispatcher:
+    def __init__(self, config: FleetSettings, redis: Redis) -> None:
+        self.config = config
+        self.name = process_name("dispatcher")
+        self.engine: Engine = engine_for(config.database_url, self.name)
+        self._gauges_at = 0.0
+        self.steps = StepQueue(
+            redis, config.queue_name, config.step_timeout_seconds, config.lease_seconds
+        )
+
+    def sweep(self) -> SweepReport:
+        with self.engine.begin() as connection:
+            expired = connection.execute(
+                query("expire_leases"), {"max_attempts": self.config.max_attempts}
+            ).all()
+        for row in expired:
+            log.warning("lease expired", node_id=row.id, state=row.state, held=row.held)
+        metrics.EXPIRED_LEASES.inc(len(expired))
+        with self.engine.begin() as connection:
+            due = connection.execute(
+                query("due_nodes"), {"limit": self.config.dispatch_batch}
+            ).all()
+        enqueued = sum(self.steps.enqueue(DueStep(r.id, r.state, r.step_run)) for r in due)
+        if enqueued:
+            log.info("dispatched", enqueued=enqueued, due=len(due))
+        metrics.ENQUEUED.inc(enqueued)
+        self._update_gauges()
+        return SweepReport(due=len(due), enqueued=enqueued, expired_leases=len(expired))
+
+    def _update_gauges(self) -> None:
+        """Nodes per state for Prometheus, at most once a second whatever the sweep rate."""
+        if time.monotonic() - self._gauges_at < 1.0:
+            return
+        self._gauges_at = time.monotonic()
+        with self.engine.connect() as connection:
+            rows = connection.execute(query("fleet_counts")).all()
+        for row in rows:
+            metrics.NODES.labels(row.state).set(row.nodes)
+            metrics.HELD.labels(row.state).set(row.held)
+            metrics.DUE.labels(row.state).set(row.due)
+
+    def reconcile(self) -> None:
+        cloud = Ec2Cloud(self.config)
+        findings = reconcile(self.engine, cloud, list(self.config.regions))
+        for finding in findings:
+            log.warning("reconcile", **asdict(finding))
+        held = hold_missing(self.engine, findings)
+        metrics.RECONCILE_FINDINGS.set(len(findings))
+        if held:
+            log.warning("held nodes whose instance is gone", held=held)
+
+    def seconds_until_next_due(self) -> float:
+        with self.engine.begin() as connection:
+            seconds = connection.execute(query("next_wakeup")).scalar_one()
+        return self.config.sweep_interval_seconds if seconds is None else max(0.0, seconds)
+
+    def run(self, stop: threading.Event) -> None:
+        """Dispatch until stop is set. A lost database or Redis is waited out, not fatal:
+        the next sweep after reconnecting catches up with everything missed."""
+        while not stop.is_set():
+            try:
+                self._listen_and_dispatch(stop)
+            except (OperationalError, psycopg.OperationalError, RedisError) as exc:
+                log.error("dispatcher lost a service; retrying", error=str(exc).splitlines()[0])
+                stop.wait(RECONNECT_SECONDS)
+
+    def _listen_and_dispatch(self, stop: threading.Event) -> None:
+        with psycopg.connect(
+            _libpq_url(self.config.database_url), autocommit=True, application_name=self.name
+        ) as listener:
+            if self.config.listen:
+                listener.execute(f"LISTEN {CHANNEL}")
+            log.info("dispatcher running", name=self.name, listen=self.config.listen)
+            self._loop(listener, stop)
+
+    def _loop(self, listener: psycopg.Connection, stop: threading.Event) -> None:
+        next_sweep = 0.0
+        next_reconcile = time.monotonic() + self.config.reconcile_interval_seconds
+        notified = False
+        while not stop.is_set():
+            if self.config.reconcile_interval_seconds and time.monotonic() >= next_reconcile:
+                self.reconcile()
+                next_reconcile = time.monotonic() + self.config.reconcile_interval_seconds
+            if notified or time.monotonic() >= next_sweep:
+                report = self.sweep()
+                # A full batch means more rows are due right now.
+                pause = 0.0 if report.due >= self.config.dispatch_batch else self._pause()
+                next_sweep = time.monotonic() + pause
+            block = min(MAX_BLOCK_SECONDS, max(0.0, next_sweep - time.monotonic()))
+            notified = _wait_for_notice(listener, block)
+
+    def _pause(self) -> float:
+        return min(self.config.sweep_interval_seconds, self.seconds_until_next_due())
+
+
+def _wait_for_notice(listener: psycopg.Connection, timeout: float) -> bool:
+    """Block until a notification or the timeout; then drain whatever else is pending,
+    since one sweep serves them all."""
+    got = any(True for _ in listener.notifies(timeout=timeout, stop_after=1))
+    if got:
+        for _ in listener.notifies(timeout=0.0):
+            pass
+    return got
+
+
+def _libpq_url(database_url: str) -> str:
+    return database_url.replace("postgresql+psycopg://", "postgresql://", 1)

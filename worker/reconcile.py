@@ -1,0 +1,128 @@
+"""Compare the cloud with the rows: what costs money without a node, what a node lost.
+
+- orphan: an instance of this fleet whose node has no row, or is destroyed;
+- duplicate: a second live instance for one node (the row keeps the one it names);
+- missing: a row that should have an instance (past `instance`, before `destroy`) whose
+  instance is gone; such a row is held with an error naming the instance.
+Only orphans and duplicates are ever terminated, and only when asked (--fix)."""
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy import Engine, select
+
+from jobs.ec2 import NODE_ID_TAG, Cloud, Instance
+from models.queries import query
+from models.tables import NodeRow
+
+FindingKind = Literal["orphan", "duplicate", "missing"]
+NEEDS_INSTANCE = ("key", "start", "wallet", "live", "stop", "stopped", "update")
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: FindingKind
+    region: str
+    instance_id: str | None
+    node_id: int | None
+    node_name: str | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class _Row:
+    id: int
+    name: str
+    state: str
+    region: str
+    instance_id: str | None
+
+
+def reconcile(engine: Engine, cloud: Cloud, regions: list[str]) -> list[Finding]:
+    rows = _rows(engine)
+    findings: list[Finding] = []
+    for region in regions:
+        instances = cloud.fleet_instances(region)
+        findings += _orphans_and_duplicates(region, instances, rows)
+        findings += _missing(region, instances, rows)
+    return findings
+
+
+def hold_missing(engine: Engine, findings: list[Finding]) -> int:
+    """Hold the rows whose instance is gone (an operator decides: destroy, or relaunch)."""
+    held = 0
+    with engine.begin() as connection:
+        for f in findings:
+            if f.kind == "missing" and f.node_id is not None:
+                params = {"node_id": f.node_id, "error": f.detail}
+                held += len(connection.execute(query("hold_node"), params).all())
+    return held
+
+
+def fix(cloud: Cloud, findings: list[Finding]) -> list[str]:
+    """Terminate orphans and duplicates; return their ids."""
+    doomed = [f for f in findings if f.kind in ("orphan", "duplicate") and f.instance_id]
+    for finding in doomed:
+        assert finding.instance_id is not None
+        cloud.terminate(finding.region, finding.instance_id)
+    return [f.instance_id for f in doomed if f.instance_id]
+
+
+def _rows(engine: Engine) -> dict[int, _Row]:
+    statement = select(NodeRow.id, NodeRow.name, NodeRow.state, NodeRow.region, NodeRow.instance_id)
+    with engine.connect() as connection:
+        return {
+            r.id: _Row(r.id, r.name, r.state, r.region, r.instance_id)
+            for r in connection.execute(statement)
+        }
+
+
+def _node_id(instance: Instance) -> int | None:
+    tag = instance.tags.get(NODE_ID_TAG, "")
+    return int(tag) if tag.isdigit() else None
+
+
+def _orphans_and_duplicates(
+    region: str, instances: list[Instance], rows: dict[int, _Row]
+) -> list[Finding]:
+    findings: list[Finding] = []
+    by_node: dict[int, list[Instance]] = defaultdict(list)
+    for instance in instances:
+        node_id = _node_id(instance)
+        row = rows.get(node_id) if node_id is not None else None
+        if row is None or row.state == "destroyed":
+            why = "no node row" if row is None else f"node {row.name} is destroyed"
+            name = row.name if row is not None else None
+            findings.append(Finding("orphan", region, instance.id, node_id, name, why))
+        elif node_id is not None:
+            by_node[node_id].append(instance)
+    for node_id, extra in by_node.items():
+        row = rows[node_id]
+        keep = row.instance_id or min(i.id for i in extra)
+        for instance in extra:
+            if len(extra) > 1 and instance.id != keep:
+                detail = f"node {row.name} already has instance {keep}"
+                findings.append(
+                    Finding("duplicate", region, instance.id, node_id, row.name, detail)
+                )
+    return findings
+
+
+def _missing(region: str, instances: list[Instance], rows: dict[int, _Row]) -> list[Finding]:
+    alive = {i.id for i in instances}
+    return [
+        Finding(
+            "missing",
+            region,
+            row.instance_id,
+            row.id,
+            row.name,
+            f"instance {row.instance_id} of node {row.name} is gone from the cloud",
+        )
+        for row in rows.values()
+        if row.region == region
+        and row.state in NEEDS_INSTANCE
+        and row.instance_id is not None
+        and row.instance_id not in alive
+    ]

@@ -1,0 +1,222 @@
+"""The worker runtime: claim a step's lease, run its handler outside any transaction,
+then settle the outcome with a guarded UPDATE. `run_step` is the RQ job function; its
+arguments are ids only, never secrets."""
+
+import importlib
+import random
+import time
+from dataclasses import asdict, dataclass
+from functools import cache
+from typing import Literal
+
+import structlog
+from sqlalchemy import Engine, update
+
+from jobs.outcomes import Done, Fail, HoldNode, Outcome, Wait
+from jobs.registry import NodeFacts, NodeSnapshot, StepRegistry, UnknownStep, steps
+from models import secrets
+from models.errors import BadInput
+from models.queries import query
+from models.releases import Release, find_release
+from models.secrets import Secret, SecretKind
+from models.session import statement_engine_for
+from models.states import NEXT_STATE, WorkState, is_work_state
+from models.tables import NodeRow
+from worker import metrics
+from worker.identity import process_name
+from worker.lease import LeaseKeeper
+from worker.settings import FleetSettings, settings
+
+log = structlog.get_logger()
+
+RunResult = Literal["skipped", "done", "wait", "error", "held", "lost"]
+MAX_ERROR_LENGTH = 500
+
+
+@dataclass
+class RunningStep:
+    """The StepContext a handler gets: the node, and what it may change, under its lease."""
+
+    node: NodeSnapshot
+    engine: Engine
+    worker: str
+    keeper: LeaseKeeper
+    config: FleetSettings
+
+    def record(self, facts: NodeFacts) -> bool:
+        values: dict[str, object] = {
+            key: value
+            for key, value in asdict(facts).items()
+            if value is not None and key != "clear_target_version"
+        }
+        if facts.clear_target_version:
+            values["target_version"] = None
+        if not values:
+            return True
+        statement = (
+            update(NodeRow)
+            .where(NodeRow.id == self.node.id, NodeRow.lease_owner == self.worker)
+            .values(**values)
+        )
+        with self.engine.connect() as connection:
+            return connection.execute(statement).rowcount == 1
+
+    def lease_held(self) -> bool:
+        return self.keeper.held()
+
+    def secret(self, kind: SecretKind) -> Secret | None:
+        with self.engine.connect() as connection:
+            return secrets.load(connection, key_ring(self.config), self.node.id, kind)
+
+    def keep_secret(self, kind: SecretKind, secret: Secret) -> Secret:
+        with self.engine.connect() as connection:
+            return secrets.store_once(connection, key_ring(self.config), self.node.id, kind, secret)
+
+    def note(self, event: Literal["backup"], detail: str) -> None:
+        params = {"node_id": self.node.id, "worker": self.worker, "event": event, "detail": detail}
+        with self.engine.connect() as connection:
+            connection.execute(query("note_event"), params)
+
+    def release(self, version: str) -> Release | None:
+        with self.engine.connect() as connection:
+            return find_release(connection, version)
+
+    def take_launch_token(self) -> float:
+        params = {"rate": self.config.launch_rate, "burst": self.config.launch_burst}
+        with self.engine.connect() as connection:
+            granted, wait_seconds = connection.execute(query("take_launch_token"), params).one()
+        return 0.0 if granted else max(float(wait_seconds), 0.05)
+
+
+def key_ring(config: FleetSettings) -> secrets.KeyRing:
+    return _key_ring(config.secret_keys, config.secret_key_id)
+
+
+@cache
+def _key_ring(spec: str, active: str) -> secrets.KeyRing:
+    if not spec:
+        raise HoldNode("no secret keys configured: set FLEET_SECRET_KEYS and FLEET_SECRET_KEY_ID")
+    try:
+        return secrets.KeyRing.parse(spec, active)
+    except BadInput as exc:
+        raise HoldNode(f"secret keys misconfigured: {exc}") from None
+
+
+class Runtime:
+    def __init__(self, config: FleetSettings, registry: StepRegistry) -> None:
+        self.config = config
+        self.registry = registry
+        self.worker = process_name("worker")
+        self.engine = statement_engine_for(config.database_url, self.worker)
+
+    def run(self, node_id: int, state: str, step_run: int) -> RunResult:
+        bound = log.bind(node_id=node_id, state=state, step_run=step_run, worker=self.worker)
+        if not is_work_state(state):
+            bound.error("job names no work state")
+            return "skipped"
+        node = self._claim(node_id, state, step_run)
+        if node is None:
+            bound.info("step not claimed: already taken, done or no longer due")
+            return "skipped"
+        bound = bound.bind(attempt=node.attempts)
+        bound.debug("step started")
+        started = time.perf_counter()
+        with LeaseKeeper(self.engine, node.id, self.worker, self.config.lease_seconds) as keeper:
+            try:
+                context = RunningStep(node, self.engine, self.worker, keeper, self.config)
+                outcome = self._call_handler(context)
+            except BaseException:
+                # Cold shutdown (SIGTERM twice, SIGINT): hand the step back right away
+                # instead of leaving it to wait out its lease.
+                self._settle(node, Wait(0, "worker shutting down"))
+                bound.warning("step given back at shutdown")
+                raise
+        metrics.STEP_SECONDS.labels(node.state).observe(time.perf_counter() - started)
+        result = self._settle(node, outcome)
+        metrics.OUTCOMES.labels(node.state, result).inc()
+        bound.info("step settled", result=result, outcome=type(outcome).__name__)
+        return result
+
+    def _claim(self, node_id: int, state: WorkState, step_run: int) -> NodeSnapshot | None:
+        params: dict[str, object] = {
+            "node_id": node_id,
+            "state": state,
+            "step_run": step_run,
+            "worker": self.worker,
+            "lease_seconds": self.config.lease_seconds,
+        }
+        with self.engine.connect() as connection:
+            row = connection.execute(query("claim_step"), params).mappings().first()
+        if row is None:
+            return None
+        fields = dict(row)
+        metrics.DISPATCH_LATENCY.labels(state).observe(max(0.0, fields.pop("waited_seconds")))
+        # The claim matched state = :state, so the row is in this work state.
+        return NodeSnapshot(**{**fields, "state": state})
+
+    def _call_handler(self, context: RunningStep) -> Outcome:
+        try:
+            handler = self.registry.handler_for(context.node.state)
+        except UnknownStep as exc:
+            return Fail(str(exc), hold=True)
+        try:
+            return handler(context)
+        except (HoldNode, secrets.SecretError) as exc:
+            return Fail(str(exc), hold=True)
+        except Exception as exc:  # noqa: BLE001  # any failure of a step is an outcome
+            return Fail(one_line_error(exc))
+
+    def _settle(self, node: NodeSnapshot, outcome: Outcome) -> RunResult:
+        guard: dict[str, object] = {"node_id": node.id, "state": node.state, "worker": self.worker}
+        with self.engine.connect() as connection:
+            match outcome:
+                case Done():
+                    params = {**guard, "next_state": NEXT_STATE[node.state]}
+                    won = connection.execute(query("finish_step"), params).first()
+                    return "done" if won else "lost"
+                case Wait(seconds=seconds):
+                    params = {**guard, "delay_seconds": seconds}
+                    won = connection.execute(query("postpone_step"), params).first()
+                    return "wait" if won else "lost"
+                case Fail(error=error, hold=hold):
+                    params = {
+                        **guard,
+                        "error": error[:MAX_ERROR_LENGTH],
+                        "hold": hold,
+                        "max_attempts": self.config.max_attempts,
+                        "delay_seconds": self.backoff_seconds(node.attempts),
+                    }
+                    failed = connection.execute(query("fail_step"), params).first()
+                    if failed is None:
+                        return "lost"
+                    return "held" if failed.held else "error"
+
+    def backoff_seconds(self, attempts: int) -> float:
+        """Exponential, capped, with jitter in the upper half so that the delay after
+        attempt n+1 is never shorter than after attempt n."""
+        exponential = self.config.backoff_base_seconds * 2.0**attempts
+        ceiling = min(self.config.backoff_max_seconds, exponential)
+        return ceiling * random.uniform(0.5, 1.0)
+
+
+def one_line_error(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+class _ThisProcess:
+    runtime: Runtime | None = None
+
+
+def start_runtime(config: FleetSettings) -> Runtime:
+    """This process's runtime, with the step modules it is configured with loaded."""
+    for module in config.step_module_names():
+        importlib.import_module(module)
+    _ThisProcess.runtime = Runtime(config, steps)
+    return _ThisProcess.runtime
+
+
+def run_step(node_id: int, state: str, step_run: int) -> RunResult:
+    """The RQ job: one run of one node's step."""
+    runtime = _ThisProcess.runtime or start_runtime(settings())
+    return runtime.run(node_id, state, step_run)
