@@ -52,6 +52,7 @@ class Plan:
     kill_every: float  # seconds between worker SIGKILLs
     dead_hosts: int  # hosts the simulator kills for good while nodes are live
     seed: int = 7
+    settle_seconds: float = 600  # per phase
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Chaos:
     redis_flushes: int = 0
     postgres_restarts: int = 0
     hosts_killed: list[str] = field(default_factory=list)
+    phases: list[tuple[str, float]] = field(default_factory=list)  # (asked, seconds)
 
 
 @dataclass(frozen=True)
@@ -196,14 +198,22 @@ def drive(
                 " 'instance')",
                 (name,),
             )
-    settle(db_url, targets)
+    timed_settle(db_url, targets, plan, chaos, "live")
     kill_hosts(cloud, db_url, rng.sample(names, plan.dead_hosts), chaos)
     for asked, then in (("stop", "stopped"), ("update", "stopped"), ("start", "live")):
         ask(db_url, targets, names, asked, then)
-        settle(db_url, targets)
+        timed_settle(db_url, targets, plan, chaos, asked)
     ask(db_url, targets, names[: plan.nodes // 2], "destroy", "destroyed")
-    settle(db_url, targets)
+    timed_settle(db_url, targets, plan, chaos, "destroy")
     return targets
+
+
+def timed_settle(
+    db_url: str, targets: dict[str, str], plan: Plan, chaos: Chaos, phase: str
+) -> None:
+    began = time.monotonic()
+    settle(db_url, targets, plan.settle_seconds)
+    chaos.phases.append((phase, time.monotonic() - began))
 
 
 def kill_hosts(cloud: SimCloud, db_url: str, names: list[str], chaos: Chaos) -> None:
@@ -228,20 +238,26 @@ def ask(db_url: str, targets: dict[str, str], names: list[str], state: str, then
         targets[name] = then
 
 
-def settle(db_url: str, targets: dict[str, str], timeout: float = 600) -> None:
+def settle(db_url: str, targets: dict[str, str], timeout: float) -> None:
     """Wait until every node is where it was sent or held."""
     deadline = time.monotonic() + timeout
+    rows: list[tuple[str, str, bool, int, str | None]] = []
     while time.monotonic() < deadline:
         try:
             with psycopg.connect(db_url, autocommit=True) as db:
-                rows = db.execute("SELECT name, state, held FROM nodes").fetchall()
+                rows = db.execute(
+                    "SELECT name, state, held, attempts, last_error FROM nodes"
+                ).fetchall()
         except psycopg.OperationalError:
             time.sleep(0.5)  # Postgres is being restarted
             continue
-        if all(held or state == targets[name] for name, state, held in rows):
+        if all(held or state == targets[name] for name, state, held, *_ in rows):
             return
         time.sleep(0.5)
-    raise SystemExit("chaos: the fleet did not settle in time")
+    stuck = [f"{name} in {state} (asked {targets[name]}, {attempts} attempts, {error})"
+             for name, state, held, attempts, error in rows
+             if not held and state != targets[name]]  # fmt: skip
+    raise SystemExit(f"chaos: {len(stuck)} nodes did not settle in time: " + "; ".join(stuck[:5]))
 
 
 @contextmanager
@@ -291,7 +307,8 @@ def verify(
             chaos.worker_kills > 0 and chaos.redis_flushes == 1 and chaos.postgres_restarts == 1,
             f"{chaos.worker_kills} worker kills, {chaos.redis_flushes} Redis flush, "
             f"{chaos.postgres_restarts} Postgres restart, "
-            f"{len(chaos.hosts_killed)} hosts killed",
+            f"{len(chaos.hosts_killed)} hosts killed; phases "
+            + ", ".join(f"{phase} {seconds:.0f}s" for phase, seconds in chaos.phases),
         )
     )
     return checks
@@ -365,7 +382,7 @@ def check_mnemonics(
         mismatched += stored.get(node_id) != disk.mnemonic
     return Check(
         "every wallet's mnemonic decrypts and is the node's",
-        mismatched == 0,
+        mismatched == 0 and with_wallets > 0,
         f"{with_wallets} wallets checked, {mismatched} mismatched",
     )
 
@@ -394,6 +411,8 @@ def main() -> None:
     parser.add_argument("--failure-rate", type=float, default=0.1)
     parser.add_argument("--kill-every", type=float, default=3.0)
     parser.add_argument("--dead-hosts", type=int, default=0, help="default: 2%% of the nodes")
+    parser.add_argument("--settle-seconds", type=float, default=600, help="limit per phase")
+    parser.add_argument("--keep", type=Path, help="keep the logs in this directory")
     args = parser.parse_args()
     plan = Plan(
         args.nodes,
@@ -401,10 +420,15 @@ def main() -> None:
         args.failure_rate,
         args.kill_every,
         args.dead_hosts or max(1, args.nodes // 50),
+        settle_seconds=args.settle_seconds,
     )
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="fleet-chaos-") as work:
-        checks = run(plan, Path(work))
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        checks = run(plan, args.keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="fleet-chaos-") as work:
+            checks = run(plan, Path(work))
     print(
         f"chaos run: {plan.nodes} nodes, {plan.workers} workers, "
         f"{plan.failure_rate:.0%} SSH/API failures, {time.monotonic() - started:.0f}s"

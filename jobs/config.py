@@ -44,6 +44,9 @@ class StepSettings(BaseSettings):
     launch_rate: float = Field(default=2.0, gt=0)
     launch_burst: float = Field(default=5.0, ge=1)
     ec2_max_retries: int = Field(default=8, ge=1)
+    # Per attempt. botocore's default (60 s) would park a worker behind one lost request
+    # for a minute; a step that times out is simply retried.
+    aws_timeout_seconds: float = Field(default=10.0, gt=0)
 
     # SSH to the hosts (the golden image's host agent).
     ssh_user: str = "fleet"

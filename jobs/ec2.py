@@ -132,7 +132,8 @@ class Ec2Cloud:
             raise UnknownRegion(name) from None
 
     def _client(self, region: str) -> Any:
-        return _ec2_client(region, self.settings.aws_endpoint_url, self.settings.ec2_max_retries)
+        s = self.settings
+        return _ec2_client(region, s.aws_endpoint_url, s.ec2_max_retries, s.aws_timeout_seconds)
 
 
 class UnknownRegion(LookupError):
@@ -141,9 +142,13 @@ class UnknownRegion(LookupError):
 
 
 @cache
-def _ec2_client(region: str, endpoint_url: str | None, max_attempts: int) -> Any:
-    retries = Config(retries={"mode": "standard", "max_attempts": max_attempts})
-    return boto3.client("ec2", region_name=region, endpoint_url=endpoint_url, config=retries)
+def _ec2_client(region: str, endpoint_url: str | None, max_attempts: int, timeout: float) -> Any:
+    config = Config(
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        connect_timeout=timeout,
+        read_timeout=timeout,
+    )
+    return boto3.client("ec2", region_name=region, endpoint_url=endpoint_url, config=config)
 
 
 def _instance(raw: dict[str, Any]) -> Instance:

@@ -7,6 +7,10 @@ import structlog
 
 from worker.settings import FleetSettings
 
+# Their DEBUG is a wire dump (every signed AWS request, every SSH packet): it buries the
+# fleet's own debug events and costs more than the steps, so they stop at INFO.
+WIRE_LEVEL_LIBRARIES = ("botocore", "boto3", "urllib3", "s3transfer", "httpcore", "paramiko")
+
 
 def configure_logging(settings: FleetSettings) -> None:
     level = logging.getLevelName(settings.log_level.upper())
@@ -27,3 +31,5 @@ def configure_logging(settings: FleetSettings) -> None:
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    for name in WIRE_LEVEL_LIBRARIES:
+        logging.getLogger(name).setLevel(max(level, logging.INFO))
