@@ -1,18 +1,26 @@
 """What every request needs: the app's services and the verified, rate-limited caller."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Final
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
 from api.auth import Principal, TokenVerifier
 from api.errors import RateLimited, Unauthorized
 from api.metrics import ApiMetrics
 from api.ratelimit import RateLimiter
 from api.settings import ApiSettings
-from models.owned import Limits
+from models.owned import Limits, act_as
+from models.session import transaction
+
+# node_history names an API request's actor "fleet-api:<subject>"; schemas.actor_of shows
+# it to the owner as "api".
+ACTOR_PREFIX: Final = "fleet-api"
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,8 @@ class Services:
 
 bearer = HTTPBearer(
     auto_error=False,
+    bearerFormat="JWT",
+    scheme_name="bearer",
     description="An OpenID Connect token (JWT, RS256) from the configured issuer",
 )
 
@@ -57,3 +67,17 @@ def principal(
 
 Caller = Annotated[Principal, Depends(principal)]
 App = Annotated[Services, Depends(services)]
+
+
+@contextmanager
+def reading(found: Services) -> Iterator[Session]:
+    with transaction(found.engine) as session:
+        yield session
+
+
+@contextmanager
+def acting(found: Services, caller: Principal) -> Iterator[Session]:
+    """A transaction whose changes node_history records as made by this caller."""
+    with transaction(found.engine) as session:
+        act_as(session, f"{ACTOR_PREFIX}:{caller.subject}")
+        yield session

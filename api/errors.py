@@ -87,6 +87,26 @@ class Unavailable(ApiProblem):
         super().__init__(503, "unavailable", "Service unavailable", detail, {"Retry-After": "5"})
 
 
+# What each problem status means, for the OpenAPI document.
+PROBLEM_MEANINGS: Final[dict[int, str]] = {
+    400: "The body is not JSON",
+    401: "No token, or a token that does not verify",
+    404: "No such node among yours",
+    409: "The node's state does not allow this, or a limit is reached",
+    422: "The request is not valid",
+    429: "Too many requests for this subject",
+    503: "The database or the issuer's keys are unavailable",
+}
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for these problem statuses (api/app.py gives them the problem
+    media type)."""
+    return {
+        status: {"model": Problem, "description": PROBLEM_MEANINGS[status]} for status in statuses
+    }
+
+
 def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(
         problem.model_dump(mode="json", exclude_none=True),

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import nodes
@@ -205,8 +205,19 @@ def retry_owned(session: Session, viewer: Viewer, node_id: int) -> NodeRow:
     return nodes.retry_node(session, row.name)
 
 
-def remembered(session: Session, owner: str, key: str) -> IdempotencyKeyRow | None:
-    return session.get(IdempotencyKeyRow, (owner, key))
+def remembered(
+    session: Session, owner: str, key: str, retention_hours: int
+) -> IdempotencyKeyRow | None:
+    """The first answer for an owner's key, unless it is older than the retention (a retry
+    that late is a new request)."""
+    age = func.now() - func.make_interval(0, 0, 0, 0, retention_hours)
+    return session.scalar(
+        select(IdempotencyKeyRow).where(
+            IdempotencyKeyRow.owner == owner,
+            IdempotencyKeyRow.key == key,
+            IdempotencyKeyRow.created_at >= age,
+        )
+    )
 
 
 def remember(session: Session, row: IdempotencyKeyRow, retention_hours: int) -> None:

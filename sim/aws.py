@@ -44,17 +44,26 @@ class LaunchLog:
 
 
 class ThrottlingApp:
-    """WSGI middleware in front of moto."""
+    """WSGI middleware in front of moto. It also serialises the calls: moto's backends are
+    not thread-safe (a describe racing a create_tags fails with "dictionary changed size
+    during iteration"), and the server answers many workers at once."""
 
     def __init__(self, app: Any, log: LaunchLog) -> None:
         self.app = app
         self.log = log
+        self._moto = threading.Lock()
+
+    def _moto_answer(
+        self, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        with self._moto:
+            return list(self.app(environ, start_response))
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
         environ["wsgi.input"] = BytesIO(body)
         if parse_qs(body.decode(errors="replace")).get("Action") != ["RunInstances"]:
-            return self.app(environ, start_response)  # type: ignore[no-any-return]
+            return self._moto_answer(environ, start_response)
         with self.log.lock:
             throttle = self.log.rng.random() < self.log.throttle_rate
             if throttle:
@@ -64,7 +73,7 @@ class ThrottlingApp:
         if throttle:
             start_response("503 Service Unavailable", [("Content-Type", "text/xml")])
             return [THROTTLED_BODY]
-        return self.app(environ, start_response)  # type: ignore[no-any-return]
+        return self._moto_answer(environ, start_response)
 
 
 class MotoServer:

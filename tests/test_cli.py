@@ -4,7 +4,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 
 import psycopg
@@ -17,7 +16,7 @@ from sqlalchemy import create_engine
 import migrations
 from models.secrets import KeyRing, Secret, store_once
 from models.session import sqlalchemy_url
-from tests.conftest import add_nodes, fetch
+from tests.conftest import add_nodes, fetch, wait_until
 
 Fleet = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -196,11 +195,12 @@ def test_dispatcher_runs_until_sigterm(fleet_env: dict[str, str], db_url: str) -
         [sys.executable, "-m", "worker", "dispatcher"],
         env=fleet_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    time.sleep(2)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=10) == 0
     queue = Queue(fleet_env["FLEET_QUEUE_NAME"], connection=redis.Redis.from_url(
         fleet_env["FLEET_REDIS_URL"]))  # fmt: skip
+    # Start-up time varies with the machine's load; the job is the sign it is running.
+    wait_until(lambda: queue.count == 1, 60, "the dispatcher queued the node's step")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == 0
     assert queue.count == 1
 
 

@@ -325,6 +325,18 @@ def dispatcher() -> None:
         raise Unreachable(f"cannot reach Redis: {exc}") from None
 
 
+@app.command("api")
+def api(
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
+) -> None:
+    """Serve the HTTP API for apps and users (api/README.md)."""
+    from api.server import serve
+
+    configure_logging(settings())
+    serve(host, port)
+
+
 @app.command("worker")
 def worker(
     burst: Annotated[bool, typer.Option(help="Exit once the queue is empty")] = False,

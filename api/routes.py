@@ -1,0 +1,140 @@
+"""The node routes. Each resolves the caller's own node (another owner's node is "not
+found", exactly like a missing one) and leaves every rule to models/ and the database."""
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Query, Response
+
+from api import creating
+from api.auth import Principal
+from api.deps import App, Caller, Services, acting, reading
+from api.errors import documented
+from api.schemas import (
+    CURSOR_PATTERN,
+    IDEMPOTENCY_KEY_PATTERN,
+    MAX_NODE_ID,
+    MAX_PAGE,
+    EventList,
+    EventOut,
+    NodeCreate,
+    NodeOut,
+    NodePage,
+    NodeUpdate,
+)
+from models import owned
+from models.states import NodeState
+
+router = APIRouter(prefix="/nodes", tags=["nodes"], responses=documented(401, 429, 503))
+
+NodeId = Annotated[int, Path(ge=1, le=MAX_NODE_ID, description="The node's id")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="A retry with the same key and body gets the first answer back and"
+        " creates nothing; the same key with another body is refused",
+    ),
+]
+Cursor = Annotated[
+    str | None,
+    Query(pattern=CURSOR_PATTERN, description="next_cursor of the previous page"),
+]
+PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Nodes per page")]
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=NodeOut,
+    responses=documented(400, 409, 422),
+    summary="Create",
+)
+def create_node(
+    body: NodeCreate, caller: Caller, app: App, idempotency_key: IdempotencyKey = None
+) -> Response:
+    """A node in new, or with `start: true` on its way to live."""
+    return creating.create(app, caller, body, idempotency_key)
+
+
+@router.get("", responses=documented(422), summary="List your nodes")
+def list_nodes(
+    caller: Caller,
+    app: App,
+    state: NodeState | None = None,
+    held: bool | None = None,
+    cursor: Cursor = None,
+    limit: PageSize = 50,
+) -> NodePage:
+    """Your nodes in id order (an admin's: everyone's), a page at a time."""
+    with reading(app) as session:
+        after = int(cursor or 0)
+        rows = owned.list_owned(
+            session, caller.viewer(), limit=limit + 1, after=after, state=state, held=held
+        )
+    now = datetime.now(UTC)
+    items = [NodeOut.of(row, now) for row in rows[:limit]]
+    more = len(rows) > limit
+    return NodePage(items=items, next_cursor=str(items[-1].id) if more else None)
+
+
+@router.get("/{node_id}", responses=documented(404, 422), summary="Show a node")
+def show_node(node_id: NodeId, caller: Caller, app: App) -> NodeOut:
+    with reading(app) as session:
+        row = owned.find_owned(session, caller.viewer(), node_id)
+        return NodeOut.of(row, datetime.now(UTC))
+
+
+@router.get("/{node_id}/events", responses=documented(404, 422), summary="A node's history")
+def node_events(node_id: NodeId, caller: Caller, app: App) -> EventList:
+    with reading(app) as session:
+        entries = owned.owned_history(session, caller.viewer(), node_id)
+    return EventList(items=[EventOut.of(entry) for entry in entries])
+
+
+TRANSITION_ERRORS = documented(404, 409, 422)
+
+
+@router.post("/{node_id}/start", responses=TRANSITION_ERRORS, summary="Start")
+def start_node(node_id: NodeId, caller: Caller, app: App) -> NodeOut:
+    """From new: ask for its instance. From stopped: start it again."""
+    return _request(app, caller, node_id, "start")
+
+
+@router.post("/{node_id}/stop", responses=TRANSITION_ERRORS, summary="Stop")
+def stop_node(node_id: NodeId, caller: Caller, app: App) -> NodeOut:
+    """A live node: lock its wallet, back it up and stop it."""
+    return _request(app, caller, node_id, "stop")
+
+
+@router.post("/{node_id}/update", responses=documented(400, 404, 409, 422), summary="Update")
+def update_node(node_id: NodeId, body: NodeUpdate, caller: Caller, app: App) -> NodeOut:
+    """A live or stopped node: install a release the fleet knows; it ends stopped."""
+    return _request(app, caller, node_id, "update", body.version)
+
+
+@router.post("/{node_id}/destroy", responses=TRANSITION_ERRORS, summary="Destroy")
+def destroy_node(node_id: NodeId, caller: Caller, app: App) -> NodeOut:
+    """Back it up if it answers and terminate its instance. Its secrets are kept."""
+    return _request(app, caller, node_id, "destroy")
+
+
+@router.post("/{node_id}/retry", responses=TRANSITION_ERRORS, summary="Retry")
+def retry_node(node_id: NodeId, caller: Caller, app: App) -> NodeOut:
+    """A held node: try its step again."""
+    with acting(app, caller) as session:
+        row = owned.retry_owned(session, caller.viewer(), node_id)
+        return NodeOut.of(row, datetime.now(UTC))
+
+
+def _request(
+    app: Services,
+    caller: Principal,
+    node_id: int,
+    action: owned.Action,
+    version: str | None = None,
+) -> NodeOut:
+    with acting(app, caller) as session:
+        row = owned.request_owned(session, caller.viewer(), node_id, action, app.limits(), version)
+        return NodeOut.of(row, datetime.now(UTC))
