@@ -2,9 +2,10 @@
 
 Postgres and Redis (embedded unless FLEET_DATABASE_URL / FLEET_REDIS_URL are set), moto
 and the simulated hosts, one dispatcher and several `fleet worker` processes. It creates
-20 nodes and drives them to live, then stops, updates, restarts and destroys some, shows
-where every node ended, and shuts everything down. The fleet runs its production code;
-the demo talks to it only as an app does: SQL and the `fleet` command.
+20 nodes with SQL and one more through the HTTP API (`fleet api`, trusting a loopback
+OpenID Connect issuer), drives them to live, then stops, updates, restarts and destroys
+some, shows where every node ended, and shuts everything down. The fleet runs its
+production code; the demo talks to it only as apps do: SQL, the API and `fleet`.
 
     ./scripts/demo [--nodes 20] [--workers 4]
 """
@@ -30,6 +31,7 @@ from rich.live import Live
 from rich.table import Table
 
 from sim.cloud import SimCloud, SimSettings
+from sim.demo_api import DemoApi, running_api
 from sim.host import HostFaults
 from sim.services import Services, admin_execute, database_url, local_services
 
@@ -61,7 +63,8 @@ def main() -> None:
         fleet(env, "release", "add", RELEASE, f"s3://releases/rln-{RELEASE}.tar.gz",
               hashlib.sha256(ARTIFACT).hexdigest())  # fmt: skip
         stack.enter_context(fleet_processes(env, args.workers, work))
-        ok = play(db_url, [f"demo-{i:02d}" for i in range(1, args.nodes + 1)])
+        api = stack.enter_context(running_api(env, work))
+        ok = play(db_url, [f"demo-{i:02d}" for i in range(1, args.nodes + 1)], api)
         console.print(f"\nlogs of the fleet's processes: {work} (removed on exit)")
     raise SystemExit(0 if ok else 1)
 
@@ -153,7 +156,7 @@ def fleet_processes(env: dict[str, str], workers: int, work: Path) -> Iterator[N
         console.print("fleet stopped")
 
 
-def play(db_url: str, names: list[str]) -> bool:
+def play(db_url: str, names: list[str], api: DemoApi) -> bool:
     quarter = len(names) // 4
     stopped, restarted, untouched, destroyed = (
         names[:quarter], names[quarter : 2 * quarter], names[2 * quarter : -quarter],
@@ -161,7 +164,8 @@ def play(db_url: str, names: list[str]) -> bool:
     )  # fmt: skip
     with psycopg.connect(db_url, autocommit=True) as db:
         create_nodes(db, names)
-        watch(db, "every node to live", names, "live")
+        untouched.append(api.create_node(console, "from-the-api"))
+        watch(db, "every node to live", names + untouched[-1:], "live")
         move(db, stopped + restarted, "stop")
         watch(db, "stop and back up", stopped + restarted, "stopped")
         move(db, stopped, "update", RELEASE)
