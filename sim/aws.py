@@ -1,10 +1,13 @@
-"""EC2 and S3 from moto in server mode, on loopback, with a throttling knob: a share of
-RunInstances calls is answered `RequestLimitExceeded` as AWS does under load. Every
-launch that gets through is timed, so tests can check the fleet's launch rate limit."""
+"""EC2 and S3 from moto in server mode, on loopback, made to keep EC2's promises the fleet
+relies on (ClientToken idempotency; no crash under concurrent calls), with a throttling
+knob: a share of RunInstances calls is answered `RequestLimitExceeded` as AWS does under
+load. Every launch that gets through is timed, so tests can check the fleet's launch
+rate limit."""
 
 import random
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -33,6 +36,7 @@ class LaunchLog:
     throttle_rate: float = 0.0
     launched_at: list[float] = field(default_factory=list)
     throttled: int = 0
+    replayed: int = 0  # RunInstances answered from an earlier call's ClientToken
     rng: random.Random = field(default_factory=random.Random)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -43,42 +47,72 @@ class LaunchLog:
         )
 
 
-class ThrottlingApp:
-    """WSGI middleware in front of moto. It also serialises the calls: moto's backends are
-    not thread-safe (a describe racing a create_tags fails with "dictionary changed size
-    during iteration"), and the server answers many workers at once."""
+@dataclass(frozen=True)
+class Answer:
+    status: str
+    headers: list[tuple[str, str]]
+    body: list[bytes]
+
+
+class Ec2Front:
+    """WSGI middleware that makes moto behave as EC2 does where the fleet relies on it.
+
+    - Calls are serialised: moto's backends are not thread-safe (a describe racing a
+      create_tags fails with "dictionary changed size during iteration").
+    - RunInstances honours ClientToken, which moto ignores: a repeated token gets the
+      first answer and launches nothing. A worker killed with its launch still in flight
+      leaves a request the next run's lookup by tag cannot see yet; on EC2 the token makes
+      the next run's launch return that same instance.
+    - A share of RunInstances is throttled (`RequestLimitExceeded`), as under load."""
 
     def __init__(self, app: Any, log: LaunchLog) -> None:
         self.app = app
         self.log = log
         self._moto = threading.Lock()
-
-    def _moto_answer(
-        self, environ: dict[str, Any], start_response: StartResponse
-    ) -> Iterable[bytes]:
-        with self._moto:
-            return list(self.app(environ, start_response))
+        self._by_token: dict[str, Answer] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
         environ["wsgi.input"] = BytesIO(body)
-        if parse_qs(body.decode(errors="replace")).get("Action") != ["RunInstances"]:
-            return self._moto_answer(environ, start_response)
-        with self.log.lock:
-            throttle = self.log.rng.random() < self.log.throttle_rate
-            if throttle:
-                self.log.throttled += 1
+        form = parse_qs(body.decode(errors="replace"))
+        with self._moto:
+            if form.get("Action") == ["RunInstances"]:
+                answer = self._run_instances(environ, form.get("ClientToken", [""])[0])
             else:
+                answer = self._ask_moto(environ)
+        start_response(answer.status, answer.headers)
+        return answer.body
+
+    def _run_instances(self, environ: dict[str, Any], token: str) -> Answer:
+        with self.log.lock:
+            if token in self._by_token:
+                self.log.replayed += 1
+                return self._by_token[token]
+            if self.log.rng.random() < self.log.throttle_rate:
+                self.log.throttled += 1
+                return Answer("503 Service Unavailable", [("Content-Type", "text/xml")],
+                              [THROTTLED_BODY])  # fmt: skip
+        answer = self._ask_moto(environ)
+        if answer.status.startswith("200"):
+            with self.log.lock:
                 self.log.launched_at.append(time.monotonic())
-        if throttle:
-            start_response("503 Service Unavailable", [("Content-Type", "text/xml")])
-            return [THROTTLED_BODY]
-        return self._moto_answer(environ, start_response)
+            if token:
+                self._by_token[token] = answer
+        return answer
+
+    def _ask_moto(self, environ: dict[str, Any]) -> Answer:
+        started: list[Any] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], *_: Any) -> None:
+            started.extend((status, headers))
+
+        body = list(self.app(environ, start_response))
+        return Answer(started[0], started[1], body)
 
 
 class MotoServer:
     def __init__(self, host: str, port: int, log: LaunchLog) -> None:
-        app = ThrottlingApp(DomainDispatcherApplication(create_backend_app), log)
+        app = Ec2Front(DomainDispatcherApplication(create_backend_app), log)
         self._server: BaseWSGIServer = make_server(
             host, port, app, threaded=True, request_handler=MotoRequestHandler
         )
@@ -92,6 +126,9 @@ class MotoServer:
 
     def start(self) -> None:
         self._thread.start()
+        # moto keeps its state per process: a new server starts empty.
+        request = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")
+        urllib.request.urlopen(request).close()
 
     def stop(self) -> None:
         self._server.shutdown()

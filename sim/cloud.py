@@ -9,7 +9,6 @@ import ipaddress
 import logging
 import threading
 import time
-import urllib.request
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,10 +72,6 @@ class SimCloud:
     def start(self) -> None:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         self.moto.start()
-        # moto keeps its state per process: a new cloud starts empty.
-        urllib.request.urlopen(
-            urllib.request.Request(f"{self.aws_url}/moto-api/reset", method="POST")
-        )
         self._ec2, self._s3 = self.client("ec2"), self.client("s3")
         self._thread.start()
         self._watching = asyncio.run_coroutine_threadsafe(self._watch(), self._loop)

@@ -1,0 +1,66 @@
+"""The simulated EC2 keeps the promises of EC2 that the fleet relies on."""
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import boto3
+import pytest
+
+from sim.aws import LaunchLog, MotoServer
+from sim.services import free_port
+
+REGION = "eu-west-1"
+
+
+@pytest.fixture
+def ec2() -> Iterator[Any]:
+    server = MotoServer("127.0.0.1", free_port(), LaunchLog())
+    server.start()
+    try:
+        yield boto3.client(
+            "ec2", region_name=REGION, endpoint_url=server.url,
+            aws_access_key_id="sim", aws_secret_access_key="sim",
+        )  # fmt: skip
+    finally:
+        server.stop()
+
+
+def launch(ec2: Any, token: str) -> str:
+    answer = ec2.run_instances(
+        ImageId="ami-0123456789abcdef0", MinCount=1, MaxCount=1, ClientToken=token,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "t", "Value": token}]}],
+    )  # fmt: skip
+    return str(answer["Instances"][0]["InstanceId"])
+
+
+def all_instances(ec2: Any) -> list[str]:
+    pages = ec2.get_paginator("describe_instances").paginate()
+    return [i["InstanceId"] for p in pages for r in p["Reservations"] for i in r["Instances"]]
+
+
+def test_a_repeated_client_token_launches_nothing_more(ec2: Any) -> None:
+    first = launch(ec2, "node-1")
+    assert launch(ec2, "node-1") == first
+    other = launch(ec2, "node-2")
+    assert other != first
+    assert sorted(all_instances(ec2)) == sorted([first, other])
+
+
+def test_tagging_while_describing_by_tag_never_fails(ec2: Any) -> None:
+    # Unserialised, moto fails some of these describes with "dictionary changed size
+    # during iteration" (its tag index is changed while a tag filter walks it).
+    instances = [launch(ec2, f"node-{n}") for n in range(20)]
+
+    def tag(n: int) -> None:
+        # A new key each time grows moto's tag index (at most 50 tags per instance).
+        ec2.create_tags(Resources=instances, Tags=[{"Key": f"extra-{n}", "Value": "x"}])
+
+    def describe(_: int) -> None:
+        ec2.describe_instances(Filters=[{"Name": "tag:t", "Values": ["node-3"]}])
+
+    with ThreadPoolExecutor(16) as pool:
+        calls = [pool.submit(work, n) for n in range(45) for work in (tag, describe, describe)]
+        errors = [call.exception() for call in calls if call.exception() is not None]
+    assert errors == []
+    assert sorted(all_instances(ec2)) == sorted(instances)
