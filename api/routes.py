@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Response
+from pydantic import BaseModel, ConfigDict
 
 from api import creating
 from api.auth import Principal
@@ -58,24 +59,33 @@ def create_node(
     return creating.create(app, caller, body, idempotency_key)
 
 
+class ListFilter(BaseModel):
+    # An unknown parameter is refused, not ignored: `?stat=live` listing every node
+    # would look like an answer to the question that was meant.
+    model_config = ConfigDict(extra="forbid")
+
+    state: NodeState | None = None
+    held: bool | None = None
+    cursor: Cursor = None
+    limit: PageSize = 50
+
+
 @router.get("", responses=documented(422), summary="List your nodes")
-def list_nodes(
-    caller: Caller,
-    app: App,
-    state: NodeState | None = None,
-    held: bool | None = None,
-    cursor: Cursor = None,
-    limit: PageSize = 50,
-) -> NodePage:
+def list_nodes(caller: Caller, app: App, query: Annotated[ListFilter, Query()]) -> NodePage:
     """Your nodes in id order (an admin's: everyone's), a page at a time."""
     with reading(app) as session:
-        after = int(cursor or 0)
+        after = int(query.cursor or 0)
         rows = owned.list_owned(
-            session, caller.viewer(), limit=limit + 1, after=after, state=state, held=held
+            session,
+            caller.viewer(),
+            limit=query.limit + 1,
+            after=after,
+            state=query.state,
+            held=query.held,
         )
     now = datetime.now(UTC)
-    items = [NodeOut.of(row, now) for row in rows[:limit]]
-    more = len(rows) > limit
+    items = [NodeOut.of(row, now) for row in rows[: query.limit]]
+    more = len(rows) > query.limit
     return NodePage(items=items, next_cursor=str(items[-1].id) if more else None)
 
 

@@ -43,6 +43,9 @@ from sim.rln_daemon import ApiFaults
 from sim.services import Services, admin_execute, database_url, local_services
 from worker.reconcile import reconcile
 
+# The flush comes this long after the nodes are inserted: jobs are queued and running.
+FLUSH_AFTER_SECONDS = 2.0
+
 
 @dataclass
 class Plan:
@@ -101,9 +104,9 @@ def run(plan: Plan, work: Path) -> list[Check]:
             chaos = Chaos()
             with (
                 fleet(env, plan.workers, work) as processes,
-                agitator(plan, rng, processes, services, chaos),
+                agitator(plan, rng, processes, chaos),
             ):
-                targets = drive(db_url, cloud, plan, rng, chaos)
+                targets = drive(db_url, cloud, services, plan, rng, chaos)
             return verify(db_url, cloud, env, services, work, targets, chaos)
 
 
@@ -151,14 +154,11 @@ def fleet(env: dict[str, str], workers: int, work: Path) -> Iterator[Processes]:
 
 
 @contextmanager
-def agitator(
-    plan: Plan, rng: random.Random, processes: Processes, services: Services, chaos: Chaos
-) -> Iterator[None]:
-    """SIGKILL and restart random workers; once, flush Redis; once, restart Postgres."""
+def agitator(plan: Plan, rng: random.Random, processes: Processes, chaos: Chaos) -> Iterator[None]:
+    """SIGKILL and restart random workers until the run ends."""
     stop = threading.Event()
 
     def agitate() -> None:
-        started = time.monotonic()
         while not stop.wait(plan.kill_every * rng.uniform(0.5, 1.5)):
             with processes.lock:
                 index = rng.randrange(len(processes.workers))
@@ -166,14 +166,6 @@ def agitator(
                 processes.workers[index].wait()
                 processes.workers[index] = processes.start_worker(index)
                 chaos.worker_kills += 1
-            elapsed = time.monotonic() - started
-            if elapsed > 4 * plan.kill_every and not chaos.redis_flushes:
-                redis.Redis.from_url(services.redis_url).flushdb()
-                chaos.redis_flushes += 1
-            if elapsed > 8 * plan.kill_every and not chaos.postgres_restarts:
-                assert services.local_postgres is not None
-                services.local_postgres.restart()
-                chaos.postgres_restarts += 1
 
     thread = threading.Thread(target=agitate, daemon=True)
     thread.start()
@@ -185,9 +177,13 @@ def agitator(
 
 
 def drive(
-    db_url: str, cloud: SimCloud, plan: Plan, rng: random.Random, chaos: Chaos
+    db_url: str, cloud: SimCloud, services: Services, plan: Plan, rng: random.Random, chaos: Chaos
 ) -> dict[str, str]:
-    """Move the nodes through the lifecycle; return the state each was last asked for."""
+    """Move the nodes through the lifecycle; return the state each was last asked for.
+
+    Redis is flushed and Postgres restarted at fixed points of the lifecycle, each while
+    work is certainly pending, not at fixed times: on a fast machine a timed restart came
+    after the fleet had already finished."""
     names = [f"chaos-{i:03d}" for i in range(plan.nodes)]
     targets = dict.fromkeys(names, "live")
     with connect_retrying(db_url) as db:
@@ -198,14 +194,25 @@ def drive(
                 " 'instance')",
                 (name,),
             )
+    time.sleep(FLUSH_AFTER_SECONDS)
+    redis.Redis.from_url(services.redis_url).flushdb()
+    chaos.redis_flushes += 1
     timed_settle(db_url, targets, plan, chaos, "live")
     kill_hosts(cloud, db_url, rng.sample(names, plan.dead_hosts), chaos)
     for asked, then in (("stop", "stopped"), ("update", "stopped"), ("start", "live")):
         ask(db_url, targets, names, asked, then)
+        if asked == "update":
+            restart_postgres(services, chaos)
         timed_settle(db_url, targets, plan, chaos, asked)
     ask(db_url, targets, names[: plan.nodes // 2], "destroy", "destroyed")
     timed_settle(db_url, targets, plan, chaos, "destroy")
     return targets
+
+
+def restart_postgres(services: Services, chaos: Chaos) -> None:
+    assert services.local_postgres is not None
+    services.local_postgres.restart()
+    chaos.postgres_restarts += 1
 
 
 def timed_settle(

@@ -83,6 +83,7 @@ def measure(bench: Bench, sizes: MakespanSizes) -> Measurement:
         with fleet(bench, config, sizes.workers, aws_env(cloud)) as started:
             drive_to_live(db_url, sizes, started)
         timeline = node_timeline(db_url)
+        dwell = seconds_in_state(db_url)
         launches = sorted(cloud.launches.launched_at)
     floor = floor_of(config, cloud.settings, sizes.nodes)
     figure = Figure(
@@ -104,6 +105,7 @@ def measure(bench: Bench, sizes: MakespanSizes) -> Measurement:
             "poll_seconds": config.poll_seconds,
         },
         "launches": launch_summary(launches, config),
+        "seconds_in_state": dwell,
         **timeline,
     }
     return Measurement("makespan", [figure], details)
@@ -211,6 +213,21 @@ def node_timeline(db_url: str) -> dict[str, Any]:
         "step_runs_per_node_mean": claims[0] if claims else None,
         "step_runs_per_node_max": claims[1] if claims else None,
     }
+
+
+def seconds_in_state(db_url: str) -> dict[str, dict[str, float]]:
+    """How long the nodes stayed in each state on the way to live (p50 and max): where
+    the makespan goes beyond the floor."""
+    with psycopg.connect(db_url, autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT to_state, percentile_cont(0.5) WITHIN GROUP (ORDER BY stay)::float8,"
+            "       max(stay)::float8"
+            " FROM (SELECT to_state, extract(epoch FROM"
+            "         lead(at) OVER (PARTITION BY node_id ORDER BY id) - at) AS stay"
+            "       FROM node_history WHERE event = 'transition') stays"
+            " WHERE stay IS NOT NULL GROUP BY to_state ORDER BY 2 DESC"
+        ).fetchall()
+    return {str(state): {"p50": round(p50, 2), "max": round(top, 2)} for state, p50, top in rows}
 
 
 def launch_summary(launched_at: list[float], config: FleetSettings) -> dict[str, Any]:

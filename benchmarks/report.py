@@ -1,5 +1,6 @@
 """Figures, their targets and verdicts, the printed table and the JSON record."""
 
+import argparse
 import json
 import os
 import platform
@@ -87,26 +88,21 @@ def _number(value: float, unit: str) -> str:
     return f"{text} {unit}".strip()
 
 
-def _row(figure: Figure) -> tuple[str, ...]:
-    reference = "" if figure.reference is None else _number(figure.reference, figure.unit)
-    if figure.reference_label:
-        reference = (
-            f"{reference} ({figure.reference_label})" if reference else figure.reference_label
-        )
-    ratio = "" if figure.ratio is None else f"{figure.ratio:.2f}"
-    target = figure.target.describe(figure.unit) if figure.target else ""
-    return (
-        figure.name,
-        _number(figure.value, figure.unit),
-        reference,
-        ratio,
-        target,
-        figure.verdict,
-    )
+def _row(figure: dict[str, Any]) -> tuple[str, ...]:
+    """One table row from a figure as the JSON record holds it."""
+    unit = figure["unit"]
+    reference = "" if figure["reference"] is None else _number(figure["reference"], unit)
+    if figure["reference_label"]:
+        label = figure["reference_label"]
+        reference = f"{reference} ({label})" if reference else label
+    ratio = "" if figure["ratio"] is None else f"{figure['ratio']:.2f}"
+    target = figure["target"] or ""
+    return (figure["name"], _number(figure["value"], unit), reference, ratio, target,
+            figure["verdict"])  # fmt: skip
 
 
-def table(measurements: list[Measurement]) -> str:
-    rows = [COLUMNS] + [_row(f) for m in measurements for f in m.figures]
+def table(figures: list[dict[str, Any]]) -> str:
+    rows = [COLUMNS] + [_row(f) for f in figures]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
@@ -114,6 +110,33 @@ def table(measurements: list[Measurement]) -> str:
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(line.rstrip() for line in lines)
+
+
+def where_it_went(details: dict[str, Any]) -> list[str]:
+    """The measured reasons behind the figures: CPU per step by part (overhead) and the
+    time the nodes spent in each state (makespan), when those ran."""
+    lines: list[str] = []
+    overhead = details.get("overhead", {})
+    sides = (("whole fleet", "fleet_cpu_ms_per_step"),
+             ("workers only", "workers_only_cpu_ms_per_step"),
+             ("bare RQ", "rq_cpu_ms_per_job"))  # fmt: skip
+    found = [(label, overhead[key]) for label, key in sides if key in overhead]
+    if found:
+        lines.append("CPU ms per step (overhead runs, median of rounds):")
+        for label, parts in found:
+            shares = ", ".join(f"{part} {ms:.2f}" for part, ms in sorted(parts.items()))
+            lines.append(f"  {label:<13} {shares}")
+    query = details.get("scale", {}).get("due_query")
+    if query:
+        server = ", ".join(f"{ms:g}" for ms in query["server_execution_ms"])
+        plan = " > ".join(query["plan_nodes"])
+        lines.append(f"due query: plan {plan} ({', '.join(query['indexes'])});"
+                     f" server execution {server} ms (EXPLAIN ANALYZE)")  # fmt: skip
+    stays = details.get("makespan", {}).get("seconds_in_state")
+    if stays:
+        shown = ", ".join(f"{state} {s['p50']:g}/{s['max']:g}" for state, s in stays.items())
+        lines.append(f"makespan, seconds in state (p50/max): {shown}")
+    return lines
 
 
 def machine(bench: Bench) -> dict[str, Any]:
@@ -129,7 +152,23 @@ def machine(bench: Bench) -> dict[str, Any]:
         "redis": broker.info("server").get("redis_version"),
         "rq": version("rq"),
         "services": "given" if os.environ.get("FLEET_TEST_DATABASE_URL") else "started by the run",
+        # The machine is shared: what else ran says how far to trust the absolute figures
+        # (the ratios hold either way, each side having run under the same load).
+        "load_average_at_start": load_average(),
     }
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine_line(host: dict[str, Any]) -> str:
+    start, end = (host.get(f"load_average_at_{moment}", ["?"])[0] for moment in ("start", "end"))
+    return (
+        f"{host['cpus']} CPUs ({host['cpu_model']}), {host['memory_gib']} GiB; "
+        f"Postgres {host['postgres']}, Redis {host['redis']}, RQ {host['rq']}; "
+        f"load average {start} at start, {end} at end"
+    )
 
 
 def _cpu_model() -> str:
@@ -146,15 +185,57 @@ def _mem_total_kib() -> int:
     return 0
 
 
-def write_json(
-    path: Path, measurements: list[Measurement], host: dict[str, Any], options: dict[str, Any]
-) -> None:
-    record = {
+def record(
+    measurements: list[Measurement], host: dict[str, Any], options: dict[str, Any]
+) -> dict[str, Any]:
+    """Everything a run found: what is printed and written is rendered from this alone."""
+    return {
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": host,
         "options": options,
         "figures": [f.as_json() | {"measurement": m.name} for m in measurements for f in m.figures],
         "details": {m.name: m.details for m in measurements},
     }
+
+
+def printed(found: dict[str, Any]) -> str:
+    """The machine, the table and the reasons, as `scripts/bench` prints them."""
+    return "\n".join(
+        [machine_line(found["machine"]), table(found["figures"]), "",
+         *where_it_went(found["details"])]
+    ).rstrip()  # fmt: skip
+
+
+def write_json(path: Path, found: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    path.write_text(json.dumps(found, indent=2, default=str) + "\n")
+
+
+def write_markdown(path: Path, command: str, found: dict[str, Any]) -> None:
+    """The command, what it printed (verbatim) and the verdicts, for the README."""
+    verdicts = [
+        f"- {f['name']}: **{f['verdict']}**" for f in found["figures"] if f["target"] is not None
+    ]
+    text = "\n".join(
+        [f"Printed by `{command}` (finished {found['finished_at']}):", "", "```",
+         printed(found), "```", "", *verdicts, ""]
+    )  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def main() -> None:
+    """Render a run's JSON record again (e.g. after the renderer learned to show more)."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("record", type=Path, help="the JSON that scripts/bench wrote")
+    parser.add_argument("--command", default="./scripts/bench", help="the command that ran")
+    parser.add_argument("--markdown", type=Path, help="write the Markdown here too")
+    args = parser.parse_args()
+    found = json.loads(args.record.read_text())
+    print(printed(found))
+    if args.markdown is not None:
+        write_markdown(args.markdown, args.command, found)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,9 @@
 """The fleet's benchmarks in one run: each figure beside its reference, measured in the
-same run, then one table and a JSON record.
+same run, then one table, the measured reasons behind it (CPU per step by part, time in
+each state) and a JSON record; with --markdown, the same text as Markdown for the README.
 
-    ./scripts/bench [--quick] [--only overhead latency makespan scale] [--out PATH] [sizes]
+    ./scripts/bench [--quick] [--only overhead latency makespan scale] [--out PATH]
+                    [--markdown PATH] [sizes]
 
 Measurements (each module's docstring says exactly how):
   overhead  transitions/s through instant steps vs bare RQ no-op jobs (benchmarks.overhead)
@@ -9,10 +11,11 @@ Measurements (each module's docstring says exactly how):
   makespan  nodes new -> live through the simulated cloud vs the floor (benchmarks.makespan)
   scale     due-work query on a large fleet; one worker's memory (benchmarks.scale)
 
-Every size has a full and a --quick default (the quick run takes about 3 minutes on
-2 cores); a size given on the command line wins over both."""
+Every size has a full and a --quick default (the quick run takes about 6 minutes on
+2 shared cores, the full one about 40); a size given on the command line wins over both."""
 
 import argparse
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -22,7 +25,17 @@ from typing import Any
 
 from benchmarks import latency, makespan, overhead, scale
 from benchmarks.harness import Bench, bench_services
-from benchmarks.report import Measurement, machine, table, write_json
+from benchmarks.report import (
+    Measurement,
+    load_average,
+    machine,
+    printed,
+    record,
+    write_json,
+    write_markdown,
+)
+from worker.logs import configure_logging
+from worker.settings import FleetSettings
 
 DEFAULT_OUT = Path(".fleet/bench.json")
 
@@ -39,7 +52,7 @@ SIZES: dict[str, Size] = {
     "workers": Size(2, 2, "overhead, latency: worker processes"),
     "rounds": Size(3, 1, "overhead: interleaved rounds (the median is reported)"),
     "latency_rows": Size(500, 100, "latency: rows moved into a work state"),
-    "latency_interval_ms": Size(10, 10, "latency: time between two rows' UPDATEs"),
+    "latency_interval_ms": Size(50, 50, "latency: time between two rows' UPDATEs"),
     "makespan_nodes": Size(300, 30, "makespan: nodes new -> live"),
     "makespan_workers": Size(4, 4, "makespan: worker processes"),
     "boot_seconds": Size(20, 20, "makespan: the simulated instance boot"),
@@ -88,6 +101,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", choices=list(MEASUREMENTS), default=list(MEASUREMENTS),
                         help="run only these measurements")  # fmt: skip
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the JSON record")
+    parser.add_argument("--markdown", type=Path, help="also write the printed figures as Markdown")
     for name, size in SIZES.items():
         kind = int if name in INTEGER_SIZES else float
         help_text = f"{size.help} (full {size.full:g}, quick {size.quick:g})"
@@ -106,24 +120,35 @@ def resolve_sizes(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse(sys.argv[1:] if argv is None else argv)
+    given = sys.argv[1:] if argv is None else argv
+    args = parse(given)
     sizes = resolve_sizes(args)
-    measurements: list[Measurement] = []
+    # The harness runs the dispatcher's code in-process: its events would land in the
+    # printed table, which is the run's only output on stdout.
+    configure_logging(FleetSettings(log_level="warning"))
     with bench_services() as bench:
         host = machine(bench)
-        for name in args.only:
-            began = time.monotonic()
-            print(f"bench: measuring {name} ...", file=sys.stderr, flush=True)
-            measurement = MEASUREMENTS[name](bench, sizes)
-            measurement.details["seconds"] = round(time.monotonic() - began, 1)
-            measurements.append(measurement)
-            print(f"bench: {name} took {measurement.details['seconds']} s", file=sys.stderr)
+        measurements = run_all(bench, args.only, sizes)
+    host["load_average_at_end"] = load_average()
     options = {"quick": args.quick, "only": args.only, "sizes": sizes}
-    write_json(args.out, measurements, host, options)
-    print(f"\n{host['cpus']} CPUs ({host['cpu_model']}), {host['memory_gib']} GiB; "
-          f"Postgres {host['postgres']}, Redis {host['redis']}, RQ {host['rq']}")  # fmt: skip
-    print(table(measurements))
-    print(f"\nJSON: {args.out}")
+    found = record(measurements, host, options)
+    write_json(args.out, found)
+    print(f"\n{printed(found)}\n\nJSON: {args.out}")
+    if args.markdown is not None:
+        write_markdown(args.markdown, shlex.join(["./scripts/bench", *given]), found)
+        print(f"Markdown: {args.markdown}")
+
+
+def run_all(bench: Bench, names: list[str], sizes: dict[str, Any]) -> list[Measurement]:
+    measurements: list[Measurement] = []
+    for name in names:
+        began = time.monotonic()
+        print(f"bench: measuring {name} ...", file=sys.stderr, flush=True)
+        measurement = MEASUREMENTS[name](bench, sizes)
+        measurement.details["seconds"] = round(time.monotonic() - began, 1)
+        measurements.append(measurement)
+        print(f"bench: {name} took {measurement.details['seconds']} s", file=sys.stderr)
+    return measurements
 
 
 if __name__ == "__main__":

@@ -336,6 +336,8 @@ def test_bad_parameters_are_422s(alice: httpx.Client) -> None:
         assert_problem(alice.get(path), 422)
     for params in ({"limit": 0}, {"limit": 101}, {"cursor": "abc"}, {"state": "flying"}):
         assert_problem(alice.get("/nodes", params=params), 422)
+    typo = assert_problem(alice.get("/nodes", params={"stat": "live"}), 422)["detail"]
+    assert "stat" in typo
     rule = assert_problem(alice.post("/nodes", json={"name": "Alpha"}), 422)["detail"]
     assert "lowercase letters" in rule
     assert_problem(alice.post("/nodes", json={"name": "a1"}, headers={"Idempotency-Key": ""}), 422)

@@ -10,8 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 from redis import Redis
 from rq import Queue
-from rq.exceptions import DuplicateJobError
+from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.utils import as_text, str_to_date
 
 from worker.runtime import run_step
 
@@ -38,15 +39,24 @@ class StepQueue:
 
     def enqueue(self, step: DueStep) -> bool:
         """Queue the step's job unless a live job for the same run exists. True if queued."""
+        # Most due rows a sweep sees are queued already (a row stays due until a worker
+        # claims it), so the common answer costs one HMGET, not a Job built and pickled
+        # for an enqueue that Redis refuses. The atomic unique enqueue below still
+        # decides every race.
+        if self._still_runs(*self._status(step.job_id)):
+            return False
         try:
             self._enqueue(step)
             return True
         except DuplicateJobError:
             pass
-        existing = Job.fetch(step.job_id, connection=self.queue.connection)
-        if self._still_runs(existing):
-            return False
-        existing.delete()
+        existing = self._fetch(step.job_id)
+        if existing is not None:
+            # The status read with the job: asking Redis again could find the job gone (a
+            # worker finishing it deletes it) and gains nothing.
+            if self._still_runs(existing.get_status(refresh=False), existing.started_at):
+                return False
+            existing.delete()
         try:
             self._enqueue(step)
             return True
@@ -66,14 +76,29 @@ class StepQueue:
             unique=True,
         )
 
-    def _still_runs(self, job: Job) -> bool:
-        status = job.get_status()
+    def _status(self, job_id: str) -> tuple[JobStatus | None, datetime | None]:
+        """The job's status and start, straight from its hash (None, None: no such job)."""
+        raw_status, raw_started = self.queue.connection.hmget(
+            Job.key_for(job_id), ["status", "started_at"]
+        )
+        status = JobStatus(as_text(raw_status)) if raw_status else None
+        started = str_to_date(raw_started) if raw_started else None
+        return status, started
+
+    def _fetch(self, job_id: str) -> Job | None:
+        try:
+            return Job.fetch(job_id, connection=self.queue.connection)
+        except NoSuchJobError:
+            # It finished between the two calls (result_ttl=0 deletes it). Queuing the run
+            # again is safe: if it was done, the copy's claim finds the row changed.
+            return None
+
+    def _still_runs(self, status: JobStatus | None, started: datetime | None) -> bool:
         if status in LIVE_STATUSES:
             return True
         if status == JobStatus.STARTED:
             # A started job claims its row within milliseconds; one that has not after a
             # whole lease belongs to a worker that died before its claim.
-            started = job.started_at
             return started is not None and datetime.now(UTC) - _aware(started) < self._claim_grace
         return False
 

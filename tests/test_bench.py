@@ -1,0 +1,77 @@
+"""The benchmarks' code paths still run: `benchmarks.run` with tiny sizes against the
+tests' Postgres and Redis. Nothing here is timed; the figures at these sizes mean
+nothing. The one figure-free fact checked is that the due-work query's plan reads the
+partial index."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sim.services import Services
+from tests.conftest import REPO
+
+# About 30 s on an idle machine; several times that when other work shares the 2 cores.
+BENCH_TIMEOUT_SECONDS = 280
+TINY = [
+    "--only", "overhead", "latency", "scale",
+    "--nodes", "15", "--workers", "1", "--rounds", "1",
+    "--latency-rows", "4", "--latency-interval-ms", "20",
+    "--scale-rows", "2000", "--query-runs", "5", "--rss-steps", "40",
+]  # fmt: skip
+
+
+def run_bench(services: Services, tmp_path: Path) -> tuple[dict[str, Any], str, str]:
+    out, markdown = tmp_path / "bench.json", tmp_path / "bench.md"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    env |= {
+        "FLEET_TEST_DATABASE_URL": services.postgres_url,
+        "FLEET_TEST_REDIS_URL": services.redis_url,
+        "PYTHONPATH": str(REPO),
+    }
+    command = [sys.executable, "-m", "benchmarks.run", *TINY, "--out", str(out),
+               "--markdown", str(markdown)]  # fmt: skip
+    done = subprocess.run(
+        command,
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=BENCH_TIMEOUT_SECONDS,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text()), markdown.read_text(), done.stdout
+
+
+@pytest.mark.timeout(BENCH_TIMEOUT_SECONDS + 20)
+def test_bench_runs_and_reports(services: Services, tmp_path: Path) -> None:
+    record, markdown, printed = run_bench(services, tmp_path)
+
+    figures = {f["measurement"]: f for f in reversed(record["figures"])}
+    assert set(figures) == {"overhead", "latency", "scale"}
+    for figure in record["figures"]:
+        assert {"name", "value", "reference", "ratio", "target", "verdict"} <= set(figure)
+        assert figure["verdict"] in {"met", "NOT MET", "info"}
+    assert record["machine"]["load_average_at_start"]
+
+    overhead = record["details"]["overhead"]
+    assert {"workers", "dispatcher", "redis", "all"} <= set(overhead["fleet_cpu_ms_per_step"])
+    assert {"workers", "redis", "all"} <= set(overhead["rq_cpu_ms_per_job"])
+    assert "workers" in overhead["workers_only_cpu_ms_per_step"]
+
+    latency = record["details"]["latency"]
+    assert len(latency["sizes"]) == 3 and latency["notified"]["p99_ms"] >= 0
+
+    query = record["details"]["scale"]["due_query"]
+    assert "nodes_due" in query["indexes"], query["plan"]
+
+    # The Markdown holds exactly what was printed, beside the command that printed it.
+    shown = printed.strip().split("\n\nJSON: ")[0]
+    assert "CPU ms per step" in shown
+    assert shown in markdown
+    assert "./scripts/bench --only overhead latency scale" in markdown
