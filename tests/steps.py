@@ -46,6 +46,9 @@ def behave(context: StepContext) -> Outcome:
     if kind == "wait" and effects(context, "wait") == 0:
         record_effect(context, "wait")
         return Wait(1.0, "test waits once")
+    if kind == "stuck":
+        record_effect(context, "wait")
+        return Wait(0.3, "node API not answering yet")
     if kind == "fail" and effects(context, "fixed") == 0:
         record_effect(context, "fail")
         raise RuntimeError(f"step {context.node.state} broke on purpose")

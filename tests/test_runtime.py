@@ -222,6 +222,40 @@ def test_a_step_can_hold_its_node_at_once(
     ]
 
 
+def test_a_node_that_waits_too_long_is_held_with_what_it_waited_for(
+    config: FleetSettings,
+    db_url: str,
+    dispatcher: Dispatcher,
+    start_worker: StartWorker,
+    fleet: Fleet,
+) -> None:
+    [node_id] = add_nodes(db_url, ["stuck-api"])
+    start_worker(env={"FLEET_WAIT_LIMIT_SECONDS": "2"})
+
+    def holds() -> list[tuple[datetime, str]]:
+        return fetch(
+            db_url,
+            "SELECT at, error FROM node_history WHERE node_id = %s AND event = 'hold' ORDER BY id",
+            node_id,
+        )
+
+    wait_until(lambda: len(holds()) == 1, 30, "the node is held")
+    [(attempts, error, state)] = fetch(
+        db_url, "SELECT attempts, last_error, state FROM nodes WHERE id = %s", node_id
+    )
+    assert (attempts, state) == (0, "instance")
+    assert error == "gave up after waiting 2 s in instance: node API not answering yet"
+    assert effect_count(db_url, node_id, "instance", "wait") > 2  # it polled meanwhile
+
+    assert fleet("node", "retry", "stuck-api").returncode == 0
+    # The clock starts again at the release: not held again on the next poll.
+    wait_until(lambda: len(holds()) == 2, 30, "held again")
+    [(released,)] = fetch(
+        db_url, "SELECT at FROM node_history WHERE node_id = %s AND event = 'release'", node_id
+    )
+    assert (holds()[1][0] - released).total_seconds() >= 2
+
+
 def test_sigterm_finishes_the_current_step_then_exits(
     config: FleetSettings, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
 ) -> None:

@@ -4,15 +4,17 @@ It LISTENs for the triggers' notifications (fast path) and also sweeps on an int
 because notifications are lost while it is down. Each sweep first takes back rows whose
 lease expired (a dead worker) without waiting for RQ's own abandoned-job cleanup."""
 
+import math
 import threading
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import psycopg
 import structlog
 from redis import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Row
 from sqlalchemy.exc import OperationalError
 
 from jobs.ec2 import Ec2Cloud
@@ -30,6 +32,12 @@ CHANNEL = "fleet_due"
 # The longest the loop blocks before it looks at its stop flag again.
 MAX_BLOCK_SECONDS = 0.5
 RECONNECT_SECONDS = 1.0
+# Under load every transition notifies; sweeping after each one kept the dispatcher busy
+# re-reading its own backlog. Sweeps come at most this often, so one serves many
+# notifications; on an idle fleet the first notification is still served at once.
+MIN_SWEEP_GAP_SECONDS = 0.02
+# Leases last tens of seconds: looking for expired ones on every sweep bought nothing.
+LEASE_CHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -46,17 +54,16 @@ class Dispatcher:
         self.engine: Engine = engine_for(config.database_url, self.name)
         self._gauges_at = 0.0
         self.steps = StepQueue(
-            redis, config.queue_name, config.step_timeout_seconds, config.lease_seconds
+            redis,
+            config.queue_name,
+            config.step_timeout_seconds,
+            config.lease_seconds,
+            recheck_seconds=config.sweep_interval_seconds,
         )
+        self._leases_checked_at = -math.inf
 
-    def sweep(self) -> SweepReport:
-        with self.engine.begin() as connection:
-            expired = connection.execute(
-                query("expire_leases"), {"max_attempts": self.config.max_attempts}
-            ).all()
-        for row in expired:
-            log.warning("lease expired", node_id=row.id, state=row.state, held=row.held)
-        metrics.EXPIRED_LEASES.inc(len(expired))
+    def sweep(self, *, expire_leases: bool = True) -> SweepReport:
+        expired = self._expire_leases() if expire_leases else []
         with self.engine.begin() as connection:
             due = connection.execute(
                 query("due_nodes"), {"limit": self.config.dispatch_batch}
@@ -67,6 +74,17 @@ class Dispatcher:
         metrics.ENQUEUED.inc(enqueued)
         self._update_gauges()
         return SweepReport(due=len(due), enqueued=enqueued, expired_leases=len(expired))
+
+    def _expire_leases(self) -> list[Row[Any]]:
+        self._leases_checked_at = time.monotonic()
+        with self.engine.begin() as connection:
+            expired = connection.execute(
+                query("expire_leases"), {"max_attempts": self.config.max_attempts}
+            ).all()
+        for row in expired:
+            log.warning("lease expired", node_id=row.id, state=row.state, held=row.held)
+        metrics.EXPIRED_LEASES.inc(len(expired))
+        return list(expired)
 
     def _update_gauges(self) -> None:
         """Nodes per state for Prometheus, at most once a second whatever the sweep rate."""
@@ -116,6 +134,7 @@ class Dispatcher:
 
     def _loop(self, listener: psycopg.Connection, stop: threading.Event) -> None:
         next_sweep = 0.0
+        last_sweep = -math.inf
         next_reconcile = time.monotonic() + self.config.reconcile_interval_seconds
         notified = False
         while not stop.is_set():
@@ -123,10 +142,14 @@ class Dispatcher:
                 self.reconcile()
                 next_reconcile = time.monotonic() + self.config.reconcile_interval_seconds
             if notified or time.monotonic() >= next_sweep:
-                report = self.sweep()
-                # A full batch means more rows are due right now.
-                pause = 0.0 if report.due >= self.config.dispatch_batch else self._pause()
-                next_sweep = time.monotonic() + pause
+                stop.wait(last_sweep + MIN_SWEEP_GAP_SECONDS - time.monotonic())
+                leases_due = time.monotonic() - self._leases_checked_at >= LEASE_CHECK_SECONDS
+                report = self.sweep(expire_leases=leases_due)
+                last_sweep = time.monotonic()
+                # A full batch that queued something new: more rows are due right now. A
+                # full batch of runs queued before waits for the workers to drain them.
+                more = report.due >= self.config.dispatch_batch and report.enqueued > 0
+                next_sweep = time.monotonic() + (0.0 if more else self._pause())
             block = min(MAX_BLOCK_SECONDS, max(0.0, next_sweep - time.monotonic()))
             notified = _wait_for_notice(listener, block)
 

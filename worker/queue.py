@@ -5,6 +5,7 @@ in Redis, so any number of dispatchers and sweeps queue a run once. A job of tha
 that can no longer run (failed, or started by a worker that died before its claim) is
 replaced."""
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -32,17 +33,47 @@ class DueStep:
 
 
 class StepQueue:
-    def __init__(self, redis: Redis, name: str, step_timeout: int, lease_seconds: float) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        name: str,
+        step_timeout: int,
+        lease_seconds: float,
+        recheck_seconds: float = 0.0,
+    ) -> None:
         self.queue = Queue(name, connection=redis)
         self._step_timeout = step_timeout
         self._claim_grace = timedelta(seconds=lease_seconds)
+        self._recheck_seconds = recheck_seconds
+        # Job id -> when this process last saw the run queued, oldest first.
+        self._known: dict[str, float] = {}
 
     def enqueue(self, step: DueStep) -> bool:
-        """Queue the step's job unless a live job for the same run exists. True if queued."""
-        # Most due rows a sweep sees are queued already (a row stays due until a worker
-        # claims it), so the common answer costs one HMGET, not a Job built and pickled
-        # for an enqueue that Redis refuses. The atomic unique enqueue below still
-        # decides every race.
+        """Queue the step's job unless a live job for the same run exists. True if queued.
+
+        A row stays due until a worker claims it, so under load most rows a sweep sees
+        were queued moments ago: for recheck_seconds those are trusted without asking
+        Redis. Asking for each on every sweep cost the dispatcher more CPU per step than
+        the workers spent running it. After that window the run is checked again, which
+        is how a flushed Redis or a job lost with its worker gets queued anew."""
+        if self._known_queued(step.job_id):
+            return False
+        queued = self._enqueue_unless_live(step)
+        self._known[step.job_id] = time.monotonic()
+        return queued
+
+    def _known_queued(self, job_id: str) -> bool:
+        horizon = time.monotonic() - self._recheck_seconds
+        while self._known:
+            oldest = next(iter(self._known))
+            if self._known[oldest] >= horizon:
+                break
+            del self._known[oldest]
+        return job_id in self._known
+
+    def _enqueue_unless_live(self, step: DueStep) -> bool:
+        # The common answer costs one HMGET, not a Job built and pickled for an enqueue
+        # that Redis refuses. The atomic unique enqueue below still decides every race.
         if self._still_runs(*self._status(step.job_id)):
             return False
         try:

@@ -31,6 +31,7 @@ log = structlog.get_logger()
 
 RunResult = Literal["skipped", "done", "wait", "error", "held", "lost"]
 MAX_ERROR_LENGTH = 500
+SHUTDOWN_REASON = "worker shutting down"
 
 
 @dataclass
@@ -128,7 +129,7 @@ class Runtime:
             except BaseException:
                 # Cold shutdown (SIGTERM twice, SIGINT): hand the step back right away
                 # instead of leaving it to wait out its lease.
-                self._settle(node, Wait(0, "worker shutting down"))
+                self._settle(node, Wait(0, SHUTDOWN_REASON))
                 bound.warning("step given back at shutdown")
                 raise
         metrics.STEP_SECONDS.labels(node.state).observe(time.perf_counter() - started)
@@ -174,10 +175,12 @@ class Runtime:
                     params = {**guard, "next_state": NEXT_STATE[node.state]}
                     won = connection.execute(query("finish_step"), params).first()
                     return "done" if won else "lost"
-                case Wait(seconds=seconds):
-                    params = {**guard, "delay_seconds": seconds}
-                    won = connection.execute(query("postpone_step"), params).first()
-                    return "wait" if won else "lost"
+                case Wait(seconds=seconds, reason=reason):
+                    params = {**guard, "delay_seconds": seconds, **self._wait_limit(node, reason)}
+                    waited = connection.execute(query("postpone_step"), params).first()
+                    if waited is None:
+                        return "lost"
+                    return "held" if waited.gave_up else "wait"
                 case Fail(error=error, hold=hold):
                     params = {
                         **guard,
@@ -190,6 +193,15 @@ class Runtime:
                     if failed is None:
                         return "lost"
                     return "held" if failed.held else "error"
+
+    def _wait_limit(self, node: NodeSnapshot, reason: str) -> dict[str, object]:
+        limit = self.config.wait_limit_seconds
+        error = f"gave up after waiting {limit:g} s in {node.state}: {reason}"
+        return {
+            # A step given back at shutdown is not the node's fault: never held for it.
+            "wait_limit_seconds": limit if limit and reason != SHUTDOWN_REASON else None,
+            "give_up_error": error[:MAX_ERROR_LENGTH],
+        }
 
     def backoff_seconds(self, attempts: int) -> float:
         """Exponential, capped, with jitter in the upper half so that the delay after

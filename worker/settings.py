@@ -19,6 +19,10 @@ class FleetSettings(StepSettings):
     # Hard limit on one run of a step (RQ's job timeout).
     step_timeout_seconds: int = Field(default=900, gt=0)
 
+    # A step that keeps waiting (an API that never answers, an instance stuck pending)
+    # is held after this long in its state, with what it was waiting for (0: never).
+    wait_limit_seconds: float = Field(default=1800.0, ge=0)
+
     # Errors: retried after base * 2^attempt seconds (capped, with jitter), held at the limit.
     max_attempts: int = Field(default=5, ge=1)
     backoff_base_seconds: float = Field(default=2.0, gt=0)

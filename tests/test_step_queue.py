@@ -1,8 +1,10 @@
 """StepQueue.enqueue, which the benchmarks made faster and found two races in: a run whose
 job lives is never queued twice, a job that is gone or can no longer run is replaced,
-and a job that vanishes while the dispatcher looks at it (a worker finished it) is not an
-error. Real Redis; no Postgres needed."""
+a job that vanishes while the dispatcher looks at it (a worker finished it) is not an
+error, and a run seen queued is trusted only for the recheck window. Real Redis; no
+Postgres needed."""
 
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -82,4 +84,17 @@ def test_a_job_that_vanishes_while_looked_at_is_queued_again(
 
     monkeypatch.setattr(Job, "fetch", staticmethod(fetch_after_delete))
     assert steps.enqueue(STEP)
+    assert queued(steps) == [STEP.job_id]
+
+
+def test_a_run_seen_queued_is_trusted_only_for_the_recheck_window(redis_url: str) -> None:
+    steps = StepQueue(
+        redis.Redis.from_url(redis_url), f"q-{uuid.uuid4().hex[:8]}", 60, LEASE_SECONDS, 0.5
+    )
+    assert steps.enqueue(STEP)
+    steps.queue.connection.flushdb()  # Redis lost: the dispatcher cannot know yet
+    assert not steps.enqueue(STEP)
+    assert queued(steps) == []
+    time.sleep(0.6)
+    assert steps.enqueue(STEP)  # checked again, found missing, queued anew
     assert queued(steps) == [STEP.job_id]
