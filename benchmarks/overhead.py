@@ -4,10 +4,11 @@ processes, interleaved in rounds in one run.
 
 Fleet: a dispatcher and W `fleet worker` processes are started and warmed up (one node per
 worker goes new -> live); then N nodes are inserted in `instance` and each takes 4 steps
-(instance -> key -> start -> wallet -> live). The rate is taken from node_history, between
+(instance -> key -> start -> wallet -> live; a worker that finishes one step runs the
+next in the same job, the step chain). The rate is taken from node_history, between
 the 10% and the 90% of those transitions. Bare RQ: 4N no-op jobs are queued, then W
 `rq worker --burst` processes drain them; the rate is taken while the queue drains from
-90% to 10%. Workers only (an explanatory figure, no target): the same number of steps,
+90% to 10%. Workers only (an explanatory figure, no target): as many nodes, their jobs
 queued by one sweep before W `fleet worker --burst` processes start, so no dispatcher
 runs while they work.
 
@@ -101,7 +102,7 @@ def measure(bench: Bench, sizes: OverheadSizes) -> Measurement:
         note=f"median of {sizes.rounds} rounds",
     )
     alone = Figure(
-        name=f"overhead, workers only: {steps} steps pre-queued, no dispatcher",
+        name=f"overhead, workers only: {steps} steps, jobs pre-queued, no dispatcher",
         value=median([r.rate for r in alone_runs]),
         unit="steps/s",
         reference=rq_rate,
@@ -195,13 +196,14 @@ def fleet_run(bench: Bench, nodes: int, workers: int) -> Run:
 
 
 def workers_only_run(bench: Bench, steps: int, workers: int) -> Run:
-    """The fleet's workers alone: `steps` rows, one step each, all queued by one sweep
-    before W `fleet worker --burst` processes start. What the fleet would run at if
-    dispatching cost nothing; the gap to the whole fleet is the dispatcher's share."""
+    """The fleet's workers alone: the same steps (nodes in `instance`, each job chaining
+    through the node's 4 steps), all queued by one sweep before W `fleet worker --burst`
+    processes start. What the fleet would run at if dispatching cost nothing; the gap to
+    the whole fleet is the dispatcher's share."""
     meter = CpuMeter(bench.services)
     with fresh_database(bench, "workers_only") as db_url:
         config = bench_settings(db_url, bench.services.redis_url, dispatch_batch=steps)
-        insert_nodes(db_url, steps, "instance", prefix="w")
+        insert_nodes(db_url, steps // STEPS_PER_NODE, "instance", prefix="w")
         queue_all(config)
         env = fleet_env(config)
         with (

@@ -61,12 +61,15 @@ def bare_rq(redis_url: str, worker_class: str, jobs: int, workers: int) -> float
 
 def fleet_steps(config: FleetSettings, worker_class: str, jobs: int, workers: int) -> float:
     with psycopg.connect(config.database_url, autocommit=True) as connection:
+        # new -> destroy: one step per job (destroyed has no work to chain to), so that
+        # a fleet job and a bare RQ job do as much.
         connection.execute(
-            "INSERT INTO nodes (name, owner, region, instance_type, network, state)"
-            " SELECT 'b' || i, 'bench', 'eu-west-1', 't3.small', 'regtest', 'instance'"
+            "INSERT INTO nodes (name, owner, region, instance_type, network)"
+            " SELECT 'b' || i, 'bench', 'eu-west-1', 't3.small', 'regtest'"
             " FROM generate_series(1, %s) i",
             (jobs,),
         )
+        connection.execute("UPDATE nodes SET state = 'destroy'")
     broker = redis.Redis.from_url(config.redis_url)
     Dispatcher(config, broker).sweep()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
@@ -75,7 +78,9 @@ def fleet_steps(config: FleetSettings, worker_class: str, jobs: int, workers: in
     command = [sys.executable, "-m", "worker", "worker", "--burst"]
     rate = drain_rate(Queue(config.queue_name, connection=broker), [command] * workers, env)
     with psycopg.connect(config.database_url, autocommit=True) as connection:
-        moved = connection.execute("SELECT count(*) FROM nodes WHERE state = 'key'").fetchone()
+        moved = connection.execute(
+            "SELECT count(*) FROM nodes WHERE state = 'destroyed'"
+        ).fetchone()
     if moved is None or moved[0] != jobs:
         raise SystemExit(f"only {moved} of {jobs} steps were done")
     return rate

@@ -80,8 +80,16 @@ def test_two_copies_of_one_job_run_the_step_once(
     workers = [start_worker("--burst", env={"FLEET_TEST_SLOW_SECONDS": "1"}) for _ in range(2)]
     for worker in workers:
         assert worker.wait(timeout=30) == 0
-    assert effect_count(db_url, node_id, "instance", "begin") == 1
-    assert state_of(db_url, node_id) == "key"
+    # No dispatcher runs: the job that won the claim chained through every step.
+    for state in ("instance", "key", "start", "wallet"):
+        assert effect_count(db_url, node_id, state, "begin") == 1
+    assert state_of(db_url, node_id) == "live"
+    actors = fetch(
+        db_url,
+        "SELECT DISTINCT actor FROM node_history WHERE node_id = %s AND event = 'transition'",
+        node_id,
+    )
+    assert len(actors) == 1  # one worker, one lease, the whole chain
 
 
 def test_a_killed_worker_is_replaced_and_the_step_runs_at_most_once_more(

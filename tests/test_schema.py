@@ -110,6 +110,51 @@ def test_worker_edge_needs_the_lease_holders_session(db_url: str) -> None:
     assert fetch(db_url, "SELECT state FROM nodes WHERE id = %s", node_id) == [("instance",)]
 
 
+def lease_row(db_url: str, node_id: int) -> list[tuple[object, ...]]:
+    return fetch(db_url, "SELECT state, lease_owner, step_run FROM nodes WHERE id = %s", node_id)
+
+
+@pytest.mark.parametrize(
+    ("start", "bump", "kept"),
+    [("instance", 1, True), ("instance", 0, False), ("wallet", 1, False)],
+)
+def test_the_lease_holder_keeps_its_lease_only_when_it_claims_a_next_step(
+    db_url: str, start: str, bump: int, kept: bool
+) -> None:
+    """The step chain: instance -> key with step_run + 1 keeps the lease; without the
+    bump, or into a state with no work (wallet -> live), the row is freed."""
+    holder = "fleet-worker:test:1:chain"
+    with psycopg.connect(db_url, autocommit=True) as connection:
+        node_id = put_in_state(connection, f"chain-{start}-{bump}", start)
+        connection.execute(
+            "UPDATE nodes SET lease_owner = %s, lease_expires_at = now() + interval '1m'"
+            " WHERE id = %s",
+            (holder, node_id),
+        )
+    target = "key" if start == "instance" else "live"
+    with psycopg.connect(db_url, autocommit=True, application_name=holder) as worker:
+        worker.execute(
+            "UPDATE nodes SET state = %s, step_run = step_run + %s WHERE id = %s",
+            (target, bump, node_id),
+        )
+    [(state, owner, step_run)] = lease_row(db_url, node_id)
+    assert (state, owner, step_run) == (target, holder if kept else None, bump)
+
+
+def test_an_app_edge_never_keeps_a_lease(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as connection:
+        node_id = put_in_state(connection, "app-chain", "live")
+        connection.execute(
+            "UPDATE nodes SET lease_owner = 'w', lease_expires_at = now() + interval '1m'"
+            " WHERE id = %s",
+            (node_id,),
+        )
+        connection.execute(
+            "UPDATE nodes SET state = 'stop', step_run = step_run + 1 WHERE id = %s", (node_id,)
+        )
+    assert lease_row(db_url, node_id)[0][1] is None
+
+
 def test_update_needs_a_target_version(db_url: str) -> None:
     with psycopg.connect(db_url, autocommit=True) as connection:
         node_id = put_in_state(connection, "upd", "live")
