@@ -66,6 +66,7 @@ class Chaos:
     redis_flushes: int = 0
     postgres_restarts: int = 0
     hosts_killed: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)  # nodes asked to update
     phases: list[tuple[str, float]] = field(default_factory=list)  # (asked, seconds)
 
 
@@ -200,10 +201,12 @@ def drive(
     timed_settle(db_url, targets, plan, chaos, "live")
     kill_hosts(cloud, db_url, rng.sample(names, plan.dead_hosts), chaos)
     for asked, then in (("stop", "stopped"), ("update", "stopped"), ("start", "live")):
-        ask(db_url, targets, names, asked, then)
+        began = time.monotonic()
+        moved = ask(db_url, targets, names, asked, then)
         if asked == "update":
+            chaos.updated = moved
             restart_postgres(services, chaos)
-        timed_settle(db_url, targets, plan, chaos, asked)
+        timed_settle(db_url, targets, plan, chaos, asked, began)
     ask(db_url, targets, names[: plan.nodes // 2], "destroy", "destroyed")
     timed_settle(db_url, targets, plan, chaos, "destroy")
     return targets
@@ -216,9 +219,16 @@ def restart_postgres(services: Services, chaos: Chaos) -> None:
 
 
 def timed_settle(
-    db_url: str, targets: dict[str, str], plan: Plan, chaos: Chaos, phase: str
+    db_url: str,
+    targets: dict[str, str],
+    plan: Plan,
+    chaos: Chaos,
+    phase: str,
+    began: float | None = None,
 ) -> None:
-    began = time.monotonic()
+    """Wait for the phase to settle; its time counts from `began` (the request, and a
+    Postgres restart made during it) when given, else from now."""
+    began = time.monotonic() if began is None else began
     settle(db_url, targets, plan.settle_seconds)
     chaos.phases.append((phase, time.monotonic() - began))
 
@@ -232,7 +242,7 @@ def kill_hosts(cloud: SimCloud, db_url: str, names: list[str], chaos: Chaos) -> 
             chaos.hosts_killed.append(name)
 
 
-def ask(db_url: str, targets: dict[str, str], names: list[str], state: str, then: str) -> None:
+def ask(db_url: str, targets: dict[str, str], names: list[str], state: str, then: str) -> list[str]:
     """Request `state` for the named nodes that are not held (a held node waits for an
     operator; the chaos run leaves it held, with its error, for the report)."""
     with connect_retrying(db_url) as db:
@@ -243,6 +253,7 @@ def ask(db_url: str, targets: dict[str, str], names: list[str], state: str, then
         ).fetchall()
     for (name,) in moved:
         targets[name] = then
+    return [name for (name,) in moved]
 
 
 def settle(db_url: str, targets: dict[str, str], timeout: float) -> None:
@@ -296,8 +307,13 @@ def verify(
         ).fetchall()
         secrets = db.execute("SELECT node_id, kind, key_id, nonce, ciphertext FROM node_secrets")
         sealed = secrets.fetchall()
+        versions = db.execute(
+            "SELECT name, current_version, held FROM nodes WHERE name = ANY(%s)",
+            (chaos.updated,),
+        ).fetchall()
     checks = [
         check_states(rows, targets),
+        check_updates(versions, len(chaos.updated)),
         check_one_instance_each(cloud, rows),
         check_no_orphans(env, db_url),
     ]
@@ -333,6 +349,18 @@ def check_states(rows: list[Row], targets: dict[str, str]) -> Check:
         "every node arrived or is held with its cause",
         arrived + len(held) == len(rows) and not unnamed,
         f"{arrived} arrived, {len(held)} held" + (f" ({'; '.join(causes)})" if causes else ""),
+    )
+
+
+def check_updates(versions: list[tuple[str, str | None, bool]], asked: int) -> Check:
+    """The update really happened: arriving back in `stopped` is not proof of it (a
+    Postgres that lost the request would leave the nodes there too)."""
+    updated = sum(1 for _, version, _ in versions if version == RELEASE)
+    held = sum(1 for _, version, is_held in versions if version != RELEASE and is_held)
+    return Check(
+        "every node asked to update runs the release",
+        asked > 0 and updated + held == asked,
+        f"{updated} of {asked} on {RELEASE}, {held} held",
     )
 
 

@@ -23,6 +23,7 @@ import redis
 from rq import Queue
 
 import migrations
+from benchmarks.harness import fleet_env
 from benchmarks.steps import no_op
 from sim.services import admin_execute, database_url, local_services
 from worker.dispatcher import Dispatcher
@@ -72,9 +73,7 @@ def fleet_steps(config: FleetSettings, worker_class: str, jobs: int, workers: in
         connection.execute("UPDATE nodes SET state = 'destroy'")
     broker = redis.Redis.from_url(config.redis_url)
     Dispatcher(config, broker).sweep()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
-    env |= {f"FLEET_{k.upper()}": str(v) for k, v in config.model_dump().items()}
-    env |= {"FLEET_WORKER_CLASS": worker_class, "PYTHONPATH": str(REPO)}
+    env = fleet_env(config, {"FLEET_WORKER_CLASS": worker_class})
     command = [sys.executable, "-m", "worker", "worker", "--burst"]
     rate = drain_rate(Queue(config.queue_name, connection=broker), [command] * workers, env)
     with psycopg.connect(config.database_url, autocommit=True) as connection:

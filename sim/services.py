@@ -114,9 +114,13 @@ class LocalPostgres:
         if not self.data.exists():
             self._run(_postgres_bin("initdb"), "-D", str(self.data), "-U", "postgres",
                       "--auth=trust", "-E", "UTF8", "--no-sync")  # fmt: skip
+        # fsync off: a throw-away server need not survive the machine crashing, and
+        # what it wrote stays in the OS when the server process dies. synchronous_commit
+        # stays on: off, a crash (the chaos run's restart) loses commits it already
+        # acknowledged, and the chaos run once lost the very request it was testing.
         options = (
             f"-p {self.port} -k {self.home} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+            "-c full_page_writes=off -c max_connections=300"
         )
         self._run(_postgres_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.home / "log"),
                   "-o", options, "-w", "start")  # fmt: skip
