@@ -8,10 +8,10 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from functools import cache
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
-from sqlalchemy import Engine, update
+from sqlalchemy import Connection, Engine, Row, update
 
 from jobs.outcomes import Done, Fail, HoldNode, Outcome, Wait
 from jobs.registry import NodeFacts, NodeSnapshot, StepRegistry, UnknownStep, steps
@@ -32,7 +32,6 @@ log = structlog.get_logger()
 
 RunResult = Literal["skipped", "done", "wait", "error", "held", "lost"]
 MAX_ERROR_LENGTH = 500
-SHUTDOWN_REASON = "worker shutting down"
 # Set by a warm shutdown (SIGTERM): the step in hand finishes, its chain does not go on.
 CHAIN_STOP = threading.Event()
 
@@ -151,7 +150,7 @@ class Runtime:
         except BaseException:
             # Cold shutdown (SIGTERM twice, SIGINT): hand the step back right away
             # instead of leaving it to wait out its lease.
-            self._settle(node, Wait(0, SHUTDOWN_REASON))
+            self._give_back(node)
             bound.warning("step given back at shutdown")
             raise
         metrics.STEP_SECONDS.labels(node.state).observe(time.perf_counter() - started)
@@ -179,7 +178,7 @@ class Runtime:
         fields = dict(row)
         metrics.DISPATCH_LATENCY.labels(state).observe(max(0.0, fields.pop("waited_seconds")))
         # The claim matched state = :state, so the row is in this work state.
-        return NodeSnapshot(**{**fields, "state": state})
+        return _snapshot(fields, state)
 
     def _call_handler(self, context: RunningStep) -> Outcome:
         try:
@@ -213,15 +212,16 @@ class Runtime:
             return "done", None
         # The chained step starts as soon as its row changed: no dispatch in between.
         metrics.DISPATCH_LATENCY.labels(next_state).observe(0.0)
-        return "done", NodeSnapshot(**{**fields, "state": next_state})
+        return "done", _snapshot(fields, next_state)
 
     def _settle(self, node: NodeSnapshot, outcome: Wait | Fail) -> RunResult:
         guard: dict[str, object] = {"node_id": node.id, "state": node.state, "worker": self.worker}
         with self.engine.connect() as connection:
             match outcome:
                 case Wait(seconds=seconds, reason=reason):
-                    params = {**guard, "delay_seconds": seconds, **self._wait_limit(node, reason)}
-                    waited = connection.execute(query("postpone_step"), params).first()
+                    limit = self.config.wait_limit_seconds
+                    error = f"gave up after waiting {limit:g} s in {node.state}: {reason}"
+                    waited = self._postpone(connection, node, seconds, limit or None, error)
                     if waited is None:
                         return "lost"
                     return "held" if waited.gave_up else "wait"
@@ -238,14 +238,28 @@ class Runtime:
                         return "lost"
                     return "held" if failed.held else "error"
 
-    def _wait_limit(self, node: NodeSnapshot, reason: str) -> dict[str, object]:
-        limit = self.config.wait_limit_seconds
-        error = f"gave up after waiting {limit:g} s in {node.state}: {reason}"
-        return {
-            # A step given back at shutdown is not the node's fault: never held for it.
-            "wait_limit_seconds": limit if limit and reason != SHUTDOWN_REASON else None,
-            "give_up_error": error[:MAX_ERROR_LENGTH],
+    def _give_back(self, node: NodeSnapshot) -> None:
+        """Release the row at once (cold shutdown). Never a hold: not the node's fault."""
+        with self.engine.connect() as connection:
+            self._postpone(connection, node, 0.0, None, "")
+
+    def _postpone(
+        self,
+        connection: Connection,
+        node: NodeSnapshot,
+        delay_seconds: float,
+        wait_limit_seconds: float | None,
+        give_up_error: str,
+    ) -> Row[Any] | None:
+        params = {
+            "node_id": node.id,
+            "state": node.state,
+            "worker": self.worker,
+            "delay_seconds": delay_seconds,
+            "wait_limit_seconds": wait_limit_seconds,
+            "give_up_error": give_up_error[:MAX_ERROR_LENGTH],
         }
+        return connection.execute(query("postpone_step"), params).first()
 
     def backoff_seconds(self, attempts: int) -> float:
         """Exponential, capped, with jitter in the upper half so that the delay after
@@ -253,6 +267,12 @@ class Runtime:
         exponential = self.config.backoff_base_seconds * 2.0**attempts
         ceiling = min(self.config.backoff_max_seconds, exponential)
         return ceiling * random.uniform(0.5, 1.0)
+
+
+def _snapshot(fields: dict[str, Any], state: WorkState) -> NodeSnapshot:
+    """The node as a claim (or a chained finish) returned it, typed by the state it
+    is known to be in."""
+    return NodeSnapshot(**{**fields, "state": state})
 
 
 def one_line_error(exc: BaseException) -> str:
