@@ -34,6 +34,7 @@ import redis
 import migrations
 from jobs.config import StepSettings
 from jobs.ec2 import NODE_ID_TAG, Ec2Cloud
+from models.identity import fleet_id
 from models.secrets import KeyRing
 from models.session import engine_for
 from sim.cloud import SimCloud
@@ -386,7 +387,10 @@ def check_no_orphans(env: dict[str, str], db_url: str) -> Check:
         {"aws_endpoint_url": env["FLEET_AWS_ENDPOINT_URL"], "regions": {"eu-west-1": {"ami": "x"}}}
     )
     os.environ.update({"AWS_ACCESS_KEY_ID": "sim", "AWS_SECRET_ACCESS_KEY": "sim"})
-    findings = reconcile(engine_for(db_url, "fleet-chaos"), Ec2Cloud(settings), ["eu-west-1"])
+    engine = engine_for(db_url, "fleet-chaos")
+    with engine.connect() as connection:
+        fleet = fleet_id(connection)
+    findings = reconcile(engine, Ec2Cloud(settings, fleet), fleet, ["eu-west-1"])
     bad = [f for f in findings if f.kind in ("orphan", "duplicate")]
     return Check(
         "no orphaned or duplicate instance (reconcile)",

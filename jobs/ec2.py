@@ -1,7 +1,12 @@
 """EC2 behind a small interface. Instances are found by their tags first, so a launch
 that a dead worker made is found again instead of repeated; a ClientToken derived from
 the node makes AWS itself refuse a second launch. Throttling (RequestLimitExceeded) is
-retried by botocore's standard retry mode with exponential backoff."""
+retried by botocore's standard retry mode with exponential backoff.
+
+Every instance carries the fleet's own id (made with its database) besides the node id,
+and the fleet only ever looks up, adopts or terminates instances that carry its id: a
+second fleet in the account, or this fleet's re-created database whose node ids start at
+1 again, has instances with the same node ids that are not ours."""
 
 from dataclasses import dataclass
 from functools import cache
@@ -16,6 +21,7 @@ from jobs.registry import NodeSnapshot
 
 NODE_ID_TAG = "rln-fleet:node-id"
 NODE_NAME_TAG = "rln-fleet:node"
+FLEET_ID_TAG = "rln-fleet:fleet-id"
 FLEET_TAG = "rln-fleet"
 ALIVE = ["pending", "running", "stopping", "stopped", "shutting-down"]
 
@@ -42,11 +48,29 @@ class Instance:
             case "tag":
                 return self.tags.get(settings.address_source.removeprefix("tag:"))
 
+    def fleet_id(self) -> str | None:
+        return self.tags.get(FLEET_ID_TAG)
+
+    def node_id(self) -> int | None:
+        tag = self.tags.get(NODE_ID_TAG, "")
+        return int(tag) if tag.isdigit() else None
+
+    def belongs_to(self, fleet_id: str, node_id: int) -> bool:
+        return self.fleet_id() == fleet_id and self.node_id() == node_id
+
+
+def client_token(fleet_id: str, node_id: int, launch_generation: int) -> str:
+    """The launch's idempotency token: one per fleet, node and launch generation. At most
+    64 ASCII characters (EC2's limit): 32 hex + two numbers, never cut, never shared."""
+    return f"{fleet_id}-{node_id}-{launch_generation}"
+
 
 class Cloud(Protocol):
     def find_instances(self, region: str, node_id: int) -> list[Instance]: ...
 
     def fleet_instances(self, region: str) -> list[Instance]: ...
+
+    def tagged_instances(self, region: str) -> list[Instance]: ...
 
     def launch(self, node: NodeSnapshot) -> Instance: ...
 
@@ -56,13 +80,15 @@ class Cloud(Protocol):
 
 
 class Ec2Cloud:
-    def __init__(self, settings: StepSettings) -> None:
+    def __init__(self, settings: StepSettings, fleet_id: str) -> None:
         self.settings = settings
+        self.fleet_id = fleet_id
 
     def find_instances(self, region: str, node_id: int) -> list[Instance]:
+        """The node's instances that are not terminated: this fleet's, tagged for it."""
         filters = [
             {"Name": f"tag:{NODE_ID_TAG}", "Values": [str(node_id)]},
-            {"Name": f"tag:{FLEET_TAG}", "Values": [self.settings.fleet_tag]},
+            {"Name": f"tag:{FLEET_ID_TAG}", "Values": [self.fleet_id]},
             {"Name": "instance-state-name", "Values": ALIVE},
         ]
         return self._describe(region, Filters=filters)
@@ -70,7 +96,16 @@ class Ec2Cloud:
     def fleet_instances(self, region: str) -> list[Instance]:
         """Every instance of this fleet in the region that is not terminated."""
         filters = [
-            {"Name": f"tag:{FLEET_TAG}", "Values": [self.settings.fleet_tag]},
+            {"Name": f"tag:{FLEET_ID_TAG}", "Values": [self.fleet_id]},
+            {"Name": "instance-state-name", "Values": ALIVE},
+        ]
+        return self._describe(region, Filters=filters)
+
+    def tagged_instances(self, region: str) -> list[Instance]:
+        """Every live instance that any RLN fleet tagged (ours and other fleets'), so that
+        reconcile can tell the operator about the ones that are not ours."""
+        filters = [
+            {"Name": "tag-key", "Values": [NODE_ID_TAG]},
             {"Name": "instance-state-name", "Values": ALIVE},
         ]
         return self._describe(region, Filters=filters)
@@ -81,6 +116,7 @@ class Ec2Cloud:
             "Name": node.name,
             NODE_ID_TAG: str(node.id),
             NODE_NAME_TAG: node.name,
+            FLEET_ID_TAG: self.fleet_id,
             FLEET_TAG: self.settings.fleet_tag,
         }
         request: dict[str, Any] = {
@@ -88,7 +124,7 @@ class Ec2Cloud:
             "InstanceType": node.instance_type,
             "MinCount": 1,
             "MaxCount": 1,
-            "ClientToken": f"{self.settings.fleet_tag}-node-{node.id}"[:64],
+            "ClientToken": client_token(self.fleet_id, node.id, node.launch_generation),
             "TagSpecifications": [
                 {
                     "ResourceType": "instance",

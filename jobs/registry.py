@@ -2,12 +2,15 @@
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from jobs.outcomes import Outcome
 from models.releases import Release
 from models.secrets import Secret, SecretKind
 from models.states import WorkState, is_work_state
+
+if TYPE_CHECKING:
+    from jobs.toolbox import Toolbox
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,11 @@ class NodeSnapshot:
     ssh_host_key: str | None
     attempts: int
     step_run: int
+    # The fleet may have created the node's wallet (it asked for /init): from then on only
+    # the stored mnemonic may be used, never a new one.
+    wallet_initialised: bool
+    # Part of the launch's ClientToken: a replacement instance is a new launch.
+    launch_generation: int
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,8 @@ class NodeFacts:
     current_version: str | None = None
     # The release a finished update installed is no longer a target.
     clear_target_version: bool = False
+    # Recorded before the first /init: the wallet may exist from now on.
+    wallet_initialised: bool = False
 
 
 class StepContext(Protocol):
@@ -50,6 +60,11 @@ class StepContext(Protocol):
 
     @property
     def node(self) -> NodeSnapshot: ...
+
+    @property
+    def tools(self) -> "Toolbox":
+        """The settings and clients (EC2, the host agent) of this worker."""
+        ...
 
     def record(self, facts: NodeFacts) -> bool:
         """Save facts on the row, only while this worker holds its lease."""
@@ -67,7 +82,7 @@ class StepContext(Protocol):
         """Store the secret unless one exists; return the stored one (the first wins)."""
         ...
 
-    def note(self, event: Literal["backup"], detail: str) -> None:
+    def note(self, event: Literal["backup", "note"], detail: str) -> None:
         """A line in the node's history, such as where a backup went."""
         ...
 

@@ -1,7 +1,7 @@
-"""The clients the steps use, built once per worker process from the settings."""
+"""The clients the steps use, built once per worker process from its settings and handed
+to every step through its context (StepContext.tools): one configuration in force."""
 
 from dataclasses import dataclass
-from functools import cache
 
 from jobs.config import StepSettings
 from jobs.ec2 import Cloud, Ec2Cloud
@@ -11,11 +11,11 @@ from jobs.host import FabricAgent, HostAgentClient
 @dataclass(frozen=True)
 class Toolbox:
     settings: StepSettings
+    # The fleet's own id (from its database): it tags and seeds every launch.
+    fleet_id: str
     cloud: Cloud
     agent: HostAgentClient
 
-
-@cache
-def toolbox() -> Toolbox:
-    settings = StepSettings()
-    return Toolbox(settings, Ec2Cloud(settings), FabricAgent(settings))
+    @classmethod
+    def build(cls, settings: StepSettings, fleet_id: str) -> "Toolbox":
+        return cls(settings, fleet_id, Ec2Cloud(settings, fleet_id), FabricAgent(settings))

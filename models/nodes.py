@@ -5,11 +5,11 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from models.errors import BadInput, IllegalTransition, UnknownNode
+from models.errors import BadInput, IllegalTransition, UnknownNode, refusal
 from models.formats import Network, problem
 from models.queries import query
 from models.states import NodeState, is_state
@@ -99,7 +99,9 @@ def parse_spec(**fields: object) -> NodeSpec:
 
 
 def create_node(session: Session, spec: NodeSpec) -> NodeRow:
-    row = NodeRow(
+    # The request columns only: an app's login may insert nothing else (the ORM's own
+    # INSERT would name every column).
+    request = insert(NodeRow).values(
         name=spec.name,
         owner=spec.owner,
         region=spec.region,
@@ -108,16 +110,14 @@ def create_node(session: Session, spec: NodeSpec) -> NodeRow:
         current_version=spec.version,
         state="instance" if spec.start else "new",
     )
-    session.add(row)
     try:
-        session.flush()
+        node_id = session.execute(request.returning(NodeRow.id)).scalar_one()
     except IntegrityError as exc:
         constraint = _constraint(exc)
         if constraint == "nodes_name_key":
             raise BadInput(f"a node named {spec.name!r} already exists") from None
         raise BadInput(f"the database refused node {spec.name!r}: {constraint}") from None
-    session.refresh(row)
-    return row
+    return session.get_one(NodeRow, node_id)
 
 
 def find_node(session: Session, name: str) -> NodeRow:
@@ -152,17 +152,16 @@ def request_state(
             ) from None
         raise
     except DBAPIError as exc:
-        refusal = _trigger_refusal(exc)
-        if refusal is None:
+        if (message := refusal(exc, TRANSITION_REFUSED)) is None:
             raise
-        raise IllegalTransition(refusal) from None
+        raise IllegalTransition(message) from None
     session.refresh(row)
     return row
 
 
 def retry_node(session: Session, name: str) -> NodeRow:
     row = find_node(session, name)
-    if session.execute(query("retry_node"), {"name": name}).first() is None:
+    if session.execute(query("retry_node"), {"name": name}).scalar() is None:
         raise BadInput(f"node {name!r} is not held")
     session.refresh(row)
     return row
@@ -188,11 +187,3 @@ def node_history(session: Session, node_id: int) -> list[HistoryEntry]:
 
 def _constraint(exc: DBAPIError) -> str | None:
     return getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
-
-
-def _trigger_refusal(exc: DBAPIError) -> str | None:
-    orig = exc.orig
-    if getattr(orig, "sqlstate", None) not in TRANSITION_REFUSED:
-        return None
-    diag = getattr(orig, "diag", None)
-    return str(getattr(diag, "message_primary", None) or orig)

@@ -28,6 +28,9 @@ QueryName = Literal[
     "lock_owner",
     "owner_node_counts",
     "forget_idempotency_keys",
+    "create_login",
+    "session_login",
+    "fleet_id",
 ]
 
 

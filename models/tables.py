@@ -86,6 +86,8 @@ class NodeRow(Base):
     held_at: Mapped[datetime | None] = mapped_column(Timestamp)
     held: Mapped[bool] = mapped_column(Boolean, Computed("held_at IS NOT NULL"))
     ssh_host_key: Mapped[str | None] = mapped_column(Text)
+    wallet_initialised_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    launch_generation: Mapped[int] = mapped_column(Integer, server_default=BY_DATABASE)
     lease_owner: Mapped[str | None] = mapped_column(Text)
     lease_expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)
@@ -102,6 +104,7 @@ class HistoryRow(Base):
     from_state: Mapped[str | None] = mapped_column(Text, ForeignKey("node_states.state"))
     to_state: Mapped[str] = mapped_column(Text, ForeignKey("node_states.state"))
     actor: Mapped[str] = mapped_column(Text)
+    login: Mapped[str] = mapped_column(Text, server_default=BY_DATABASE)
     attempt: Mapped[int] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     detail: Mapped[str | None] = mapped_column(Text)
@@ -147,4 +150,25 @@ class IdempotencyKeyRow(Base):
     response_status: Mapped[int] = mapped_column(SmallInteger)
     response_body: Mapped[str] = mapped_column(Text)
     node_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("nodes.id"))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)
+
+
+class FleetIdentityRow(Base):
+    """The fleet's own id, made with its database: it tags every instance."""
+
+    __tablename__ = "fleet_identity"
+
+    only_row: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=BY_DATABASE)
+    fleet_id: Mapped[str] = mapped_column(Text, server_default=BY_DATABASE)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)
+
+
+class FleetLoginRow(Base):
+    """A login made by `fleet db create-login`: its fleet role and, maybe, its owner."""
+
+    __tablename__ = "fleet_logins"
+
+    login: Mapped[str] = mapped_column(Text, primary_key=True)
+    role: Mapped[str] = mapped_column(Text)
+    owner: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)

@@ -23,11 +23,13 @@ from api.settings import ApiSettings
 from models.session import sqlalchemy_url
 from sim.oidc import AUDIENCE, Issuer
 from sim.services import Services, admin_execute, database_url
+from tests.conftest import role_url
 
 
 def settings_for(db_url: str, issuer: Issuer, **overrides: Any) -> ApiSettings:
+    """The API's settings for the test database, with the session's API login."""
     values: dict[str, Any] = {
-        "database_url": db_url,
+        "database_url": role_url(db_url, "api"),
         "api_oidc_issuer": issuer.url,
         "api_oidc_audience": AUDIENCE,
         "api_admin_group": "fleet-admins",

@@ -12,8 +12,13 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 import migrations
+from models.logins import FLEET_ROLES, FleetRole, create_login
+from models.session import sqlalchemy_url
 from sim.services import NoServices, Services, admin_execute, database_url, local_services
 from worker.dispatcher import Dispatcher
 from worker.settings import FleetSettings
@@ -47,15 +52,57 @@ def template_db(services: Services) -> Iterator[str]:
             "CREATE TABLE test_effects (node_id bigint, state text, step_run bigint,"
             " phase text, at timestamptz DEFAULT clock_timestamp())"
         )
+        # The runtime tests' own steps (tests/steps.py) write it as the worker they run in.
+        connection.execute("GRANT SELECT, INSERT ON test_effects TO fleet_worker")
     yield TEMPLATE
     admin_execute(services.postgres_url, f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
 
 
+# The session's logins, one per fleet role: role -> URL (to the template).
+LOGINS: dict[FleetRole, str] = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def logins(services: Services, template_db: str) -> Iterator[dict[FleetRole, str]]:
+    """One login per fleet role for the whole session, as `fleet db create-login` makes
+    them: role -> connection URL (to the template; `role_url` points it at a test's
+    database). Roles are cluster-wide, so they work in every copy of the template."""
+    url = database_url(services.postgres_url, template_db)
+    made: dict[FleetRole, str] = {}
+    # Not a pooled engine: a connection left open to the template blocks copying it.
+    setup = create_engine(sqlalchemy_url(url), poolclass=NullPool)
+    with setup.begin() as connection:
+        for role in FLEET_ROLES:
+            made[role] = create_login(
+                connection, url, f"fleet_t{os.getpid()}_{role}", role, None
+            ).url.reveal()
+    LOGINS.update(made)
+    yield made
+    LOGINS.clear()
+    for role in FLEET_ROLES:
+        login = f"fleet_t{os.getpid()}_{role}"
+        admin_execute(url, f"REVOKE ALL ON DATABASE {template_db} FROM {login}")
+        admin_execute(services.postgres_url, f"DROP ROLE IF EXISTS {login}")
+
+
+def role_url(db_url: str, role: FleetRole) -> str:
+    """The test database's URL as the session's login of that role."""
+    login = make_url(LOGINS[role]).set(database=make_url(db_url).database)
+    return login.render_as_string(hide_password=False)
+
+
 @pytest.fixture
 def db_url(services: Services, template_db: str) -> Iterator[str]:
+    """A fresh database for one test, as its owner (what migrations run as)."""
     name = f"fleet_test_{uuid.uuid4().hex[:12]}"
     admin_execute(services.postgres_url, f"CREATE DATABASE {name} TEMPLATE {template_db}")
-    yield database_url(services.postgres_url, name)
+    url = database_url(services.postgres_url, name)
+    # A copy of the template would share its fleet id: each test is a fleet of its own.
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(
+            "UPDATE fleet_identity SET fleet_id = replace(gen_random_uuid()::text, '-', '')"
+        )
+    yield url
     admin_execute(services.postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
@@ -66,9 +113,11 @@ def redis_url(services: Services) -> str:
 
 
 @pytest.fixture
-def config(db_url: str, redis_url: str) -> FleetSettings:
+def config(db_url: str, redis_url: str, logins: dict[FleetRole, str]) -> FleetSettings:
+    """The settings of a worker of the test's fleet (its worker login)."""
     return FleetSettings(
-        database_url=db_url,
+        database_url=role_url(db_url, "worker"),
+        owner_database_url=db_url,
         redis_url=redis_url,
         queue_name=f"fleet-test-{uuid.uuid4().hex[:8]}",
         lease_seconds=2.0,
@@ -93,13 +142,21 @@ def fleet_env(config: FleetSettings) -> dict[str, str]:
 
 
 @pytest.fixture
-def fleet(fleet_env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """Run the real `fleet` command line and capture what it prints."""
+def operator_env(
+    fleet_env: dict[str, str], db_url: str, logins: dict[FleetRole, str]
+) -> dict[str, str]:
+    """The environment of an operator at the `fleet` command line (the operator login)."""
+    return {**fleet_env, "FLEET_DATABASE_URL": role_url(db_url, "operator")}
+
+
+@pytest.fixture
+def fleet(operator_env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the real `fleet` command line as an operator and capture what it prints."""
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "worker", *args],
-            env=fleet_env,
+            env=operator_env,
             capture_output=True,
             text=True,
             timeout=60,
@@ -136,9 +193,17 @@ def start_worker(fleet_env: dict[str, str]) -> Iterator[Callable[..., subprocess
 
 
 @pytest.fixture
-def dispatcher(config: FleetSettings) -> Iterator[Dispatcher]:
-    """A dispatcher running its loop in a thread of the test process."""
-    running = Dispatcher(config, redis.Redis.from_url(config.redis_url))
+def dispatcher_config(
+    config: FleetSettings, db_url: str, logins: dict[FleetRole, str]
+) -> FleetSettings:
+    return config.model_copy(update={"database_url": role_url(db_url, "dispatcher")})
+
+
+@pytest.fixture
+def dispatcher(dispatcher_config: FleetSettings) -> Iterator[Dispatcher]:
+    """A dispatcher (with the dispatcher login) running its loop in a thread of the test
+    process."""
+    running = Dispatcher(dispatcher_config, redis.Redis.from_url(dispatcher_config.redis_url))
     stop = threading.Event()
     thread = threading.Thread(target=running.run, args=(stop,), daemon=True)
     thread.start()

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine
 from models.secrets import SECRET_KINDS, load
 from models.session import sqlalchemy_url
 from sim.oidc import AUDIENCE, Issuer, running_issuer
-from tests.conftest import fetch, wait_until
+from tests.conftest import fetch, role_url, wait_until
 from tests.simulation import REGION, Simulation
 from worker.dispatcher import Dispatcher
 
@@ -40,6 +40,7 @@ def fleet_api(simulation: Simulation, issuer: Issuer, tmp_path: Path) -> Iterato
     """`fleet api` as a process, configured only through its environment."""
     port = free_port()
     env = simulation.env | {
+        "FLEET_DATABASE_URL": role_url(simulation.settings.owner_url(), "api"),
         "FLEET_API_OIDC_ISSUER": issuer.url,
         "FLEET_API_OIDC_AUDIENCE": AUDIENCE,
         "FLEET_DEFAULT_REGION": REGION,

@@ -11,7 +11,7 @@ import pytest
 
 from sim.oidc import Issuer, running_issuer
 from tests.api_support import RunningApi, assert_problem, running_api, settings_for
-from tests.conftest import fetch
+from tests.conftest import fetch, role_url
 
 RELEASE = "0.10.0"
 PUBKEY = "02" + "ab" * 32
@@ -57,8 +57,10 @@ def snapshot(db_url: str, node_id: int) -> tuple[list[tuple[Any, ...]], list[tup
 
 
 def work(db_url: str, node_id: int, *states: str, **columns: str) -> None:
-    """Move a node along worker edges as a worker would: holding the row's lease."""
-    with psycopg.connect(db_url, autocommit=True, application_name="test-worker") as worker:
+    """Move a node along worker edges as a worker would: a worker login holding the row's
+    lease."""
+    worker_url = role_url(db_url, "worker")
+    with psycopg.connect(worker_url, autocommit=True, application_name="test-worker") as worker:
         for state in states:
             worker.execute(
                 "UPDATE nodes SET lease_owner = 'test-worker',"

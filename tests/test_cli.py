@@ -17,6 +17,7 @@ import migrations
 from models.secrets import KeyRing, Secret, store_once
 from models.session import sqlalchemy_url
 from tests.conftest import add_nodes, fetch, wait_until
+from worker.settings import FleetSettings
 
 Fleet = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -47,7 +48,8 @@ def test_db_upgrade_can_create_the_database(
     fleet: Fleet, fleet_env: dict[str, str], db_url: str
 ) -> None:
     fresh = db_url.rsplit("/", 1)[0] + "/" + db_url.rsplit("/", 1)[1] + "_fresh"
-    env = {**fleet_env, "FLEET_DATABASE_URL": fresh}
+    owner_env = {k: v for k, v in fleet_env.items() if k != "FLEET_OWNER_DATABASE_URL"}
+    env = {**owner_env, "FLEET_DATABASE_URL": fresh}
     run = [sys.executable, "-m", "worker", "db", "upgrade", "--create"]
     first = subprocess.run(run, env=env, capture_output=True, text=True, check=False)
     assert first.returncode == 0, first.stderr
@@ -183,17 +185,22 @@ def test_an_unreachable_database_is_one_line(fleet: Fleet, fleet_env: dict[str, 
     assert result.stderr.startswith("error: cannot use the database")
 
 
-def test_worker_burst_runs_the_queue_dry_and_exits(fleet: Fleet, db_url: str) -> None:
+def test_worker_burst_runs_the_queue_dry_and_exits(fleet_env: dict[str, str], db_url: str) -> None:
     add_nodes(db_url, ["ok-burst"])
-    assert fleet("worker", "--burst").returncode == 0  # nothing queued yet: exits at once
+    burst = [sys.executable, "-m", "worker", "worker", "--burst"]
+    # Nothing queued yet: exits at once.
+    assert subprocess.run(burst, env=fleet_env, timeout=60, check=False).returncode == 0
     assert fetch(db_url, "SELECT state FROM nodes") == [("instance",)]
 
 
-def test_dispatcher_runs_until_sigterm(fleet_env: dict[str, str], db_url: str) -> None:
+def test_dispatcher_runs_until_sigterm(
+    fleet_env: dict[str, str], dispatcher_config: FleetSettings, db_url: str
+) -> None:
     add_nodes(db_url, ["ok-d"])
+    env = {**fleet_env, "FLEET_DATABASE_URL": dispatcher_config.database_url}
     process = subprocess.Popen(
         [sys.executable, "-m", "worker", "dispatcher"],
-        env=fleet_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     queue = Queue(fleet_env["FLEET_QUEUE_NAME"], connection=redis.Redis.from_url(
         fleet_env["FLEET_REDIS_URL"]))  # fmt: skip

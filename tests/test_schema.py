@@ -10,13 +10,15 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
 
 from models import formats
+from models.logins import FleetRole
 from models.queries import query
 from models.session import sqlalchemy_url
 from models.states import ALL_STATES, NEXT_STATE, WORK_STATES
 from models.tables import Base
-from tests.conftest import fetch
+from tests.conftest import fetch, role_url
 
 APP_EDGES = {("new", "instance"), ("live", "stop"), ("stopped", "start"), ("live", "update"),
              ("stopped", "update"), ("live", "wallet")} | {
@@ -45,41 +47,55 @@ def put_in_state(connection: psycopg.Connection, name: str, state: str) -> int:
     return int(row[0])
 
 
-def test_every_pair_of_states(db_url: str) -> None:
-    with psycopg.connect(db_url, autocommit=True) as connection:
-        connection.execute("SELECT set_config('application_name', %s, false)", (WORKER,))
+def test_every_pair_of_states(db_url: str, logins: dict[FleetRole, str]) -> None:
+    """Each of the 121 pairs, asked by an app (that even names itself like a worker) and,
+    for worker edges, taken by a worker login holding the lease."""
+    app_url, worker_url = role_url(db_url, "app"), role_url(db_url, "worker")
+    with (
+        psycopg.connect(db_url, autocommit=True) as owner,
+        psycopg.connect(app_url, autocommit=True, application_name=WORKER) as app,
+        psycopg.connect(worker_url, autocommit=True, application_name=WORKER) as worker,
+    ):
         for number, (before, after) in enumerate(itertools.product(ALL_STATES, ALL_STATES)):
-            node_id = put_in_state(connection, f"pair-{number}", before)
-            if (before, after) in WORKER_EDGES:
-                connection.execute(
-                    "UPDATE nodes SET lease_owner = %s, lease_expires_at = now() + interval '1m'"
-                    " WHERE id = %s",
-                    (WORKER, node_id),
-                )
+            node_id = put_in_state(owner, f"pair-{number}", before)
+            owner.execute(
+                "UPDATE nodes SET lease_owner = %s, lease_expires_at = now() + interval '1m'"
+                " WHERE id = %s",
+                (WORKER, node_id),
+            )
             history_before = fetch(db_url, "SELECT count(*) FROM node_history")
-            allowed = (before, after) in APP_EDGES | WORKER_EDGES
-            if allowed or before == after:
-                connection.execute("UPDATE nodes SET state = %s WHERE id = %s", (after, node_id))
+            asked = "UPDATE nodes SET state = %s WHERE id = %s"
+            if (before, after) in APP_EDGES or before == after:
+                app.execute(asked, (after, node_id))
             else:
                 with pytest.raises(psycopg.Error) as refused:
-                    connection.execute(
-                        "UPDATE nodes SET state = %s WHERE id = %s", (after, node_id)
-                    )
-                assert refused.value.sqlstate == "FL001"
-                assert f"illegal transition {before} -> {after}" in str(refused.value)
+                    app.execute(asked, (after, node_id))
+                if (before, after) in WORKER_EDGES:
+                    assert refused.value.sqlstate == "FL002"
+                    worker.execute(asked, (after, node_id))
+                else:
+                    assert refused.value.sqlstate == "FL001"
+                    assert f"illegal transition {before} -> {after}" in str(refused.value)
+            allowed = (before, after) in APP_EDGES | WORKER_EDGES
             state = fetch(db_url, "SELECT state FROM nodes WHERE id = %s", node_id)[0][0]
             assert state == (after if allowed else before), (before, after)
             new_history = fetch(
                 db_url,
-                "SELECT event, from_state, to_state, actor FROM node_history"
+                "SELECT event, from_state, to_state, actor, login FROM node_history"
                 " WHERE node_id = %s AND event = 'transition'",
                 node_id,
             )
+            login = _login(worker_url if (before, after) in WORKER_EDGES else app_url)
             # A row's "change" to the state it is in is not a transition: no history.
-            assert new_history == ([("transition", before, after, WORKER)] if allowed else [])
+            expected = [("transition", before, after, WORKER, login)] if allowed else []
+            assert new_history == expected
             assert fetch(db_url, "SELECT count(*) FROM node_history")[0][0] == (
                 history_before[0][0] + (1 if allowed else 0)
             )
+
+
+def _login(url: str) -> str:
+    return str(make_url(url).username)
 
 
 def test_database_edges_are_the_designed_ones(db_url: str) -> None:
@@ -92,20 +108,27 @@ def test_database_edges_are_the_designed_ones(db_url: str) -> None:
     assert {s for s, kind in kinds.items() if kind == "work"} == set(WORK_STATES)
 
 
-def test_worker_edge_needs_the_lease_holders_session(db_url: str) -> None:
-    with psycopg.connect(db_url, autocommit=True) as connection:
-        node_id = put_in_state(connection, "leased", "instance")
-        with pytest.raises(psycopg.Error) as refused:
-            connection.execute("UPDATE nodes SET state = 'key' WHERE id = %s", (node_id,))
+def test_worker_edge_needs_a_worker_login_and_a_lease(
+    db_url: str, logins: dict[FleetRole, str]
+) -> None:
+    """Role membership authorises a worker edge: not the owner (superusers are refused
+    too), not an app, and not a worker on a row nobody leased."""
+    worker_url = role_url(db_url, "worker")
+    with psycopg.connect(db_url, autocommit=True, application_name=WORKER) as owner:
+        node_id = put_in_state(owner, "leased", "instance")
+        with (
+            psycopg.connect(worker_url, autocommit=True) as worker,
+            pytest.raises(psycopg.Error) as refused,
+        ):
+            worker.execute("UPDATE nodes SET state = 'key' WHERE id = %s", (node_id,))
         assert refused.value.sqlstate == "FL002"
-        # Leased by somebody else: still refused for this session.
-        connection.execute(
-            "UPDATE nodes SET lease_owner = 'other', lease_expires_at = now() + interval '1m'"
+        owner.execute(
+            "UPDATE nodes SET lease_owner = %s, lease_expires_at = now() + interval '1m'"
             " WHERE id = %s",
-            (node_id,),
+            (WORKER, node_id),
         )
         with pytest.raises(psycopg.Error) as refused:
-            connection.execute("UPDATE nodes SET state = 'key' WHERE id = %s", (node_id,))
+            owner.execute("UPDATE nodes SET state = 'key' WHERE id = %s", (node_id,))
         assert refused.value.sqlstate == "FL002"
     assert fetch(db_url, "SELECT state FROM nodes WHERE id = %s", node_id) == [("instance",)]
 
@@ -119,11 +142,12 @@ def lease_row(db_url: str, node_id: int) -> list[tuple[object, ...]]:
     [("instance", 1, True), ("instance", 0, False), ("wallet", 1, False)],
 )
 def test_the_lease_holder_keeps_its_lease_only_when_it_claims_a_next_step(
-    db_url: str, start: str, bump: int, kept: bool
+    db_url: str, logins: dict[FleetRole, str], start: str, bump: int, kept: bool
 ) -> None:
     """The step chain: instance -> key with step_run + 1 keeps the lease; without the
     bump, or into a state with no work (wallet -> live), the row is freed."""
     holder = "fleet-worker:test:1:chain"
+    worker_url = role_url(db_url, "worker")
     with psycopg.connect(db_url, autocommit=True) as connection:
         node_id = put_in_state(connection, f"chain-{start}-{bump}", start)
         connection.execute(
@@ -132,7 +156,7 @@ def test_the_lease_holder_keeps_its_lease_only_when_it_claims_a_next_step(
             (holder, node_id),
         )
     target = "key" if start == "instance" else "live"
-    with psycopg.connect(db_url, autocommit=True, application_name=holder) as worker:
+    with psycopg.connect(worker_url, autocommit=True, application_name=holder) as worker:
         worker.execute(
             "UPDATE nodes SET state = %s, step_run = step_run + %s WHERE id = %s",
             (target, bump, node_id),

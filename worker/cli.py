@@ -20,8 +20,9 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from models import nodes, releases, secrets
+from models import logins, nodes, releases, secrets
 from models.errors import BadInput, FleetError
+from models.identity import fleet_id
 from models.nodes import NodeRecord
 from models.session import engine_for, transaction
 from models.states import is_state
@@ -52,6 +53,13 @@ def operator_session() -> Iterator[Session]:
     engine = engine_for(settings().database_url, f"fleet-cli:{getpass.getuser()}"[:63])
     with transaction(engine) as session:
         yield session
+
+
+def require_login(role: logins.FleetRole, process: str) -> None:
+    """A fleet process runs only with a login of its own role, never as a superuser."""
+    engine = engine_for(settings().database_url, f"fleet-{process}")
+    with engine.connect() as connection:
+        logins.require_role(connection, role, process)
 
 
 def print_json(value: object) -> None:
@@ -87,10 +95,29 @@ def db_upgrade(
     # script loop should not pay for them.
     import migrations
 
-    if create and migrations.create_database(settings().database_url):
+    url = settings().owner_url()
+    if create and migrations.create_database(url):
         out.print("database created")
-    migrations.upgrade(settings().database_url)
+    migrations.upgrade(url)
     out.print("database is at the latest schema")
+
+
+@db_app.command("create-login")
+def db_create_login(
+    name: str,
+    role: Annotated[str, typer.Option(help="app, reader, api, worker, dispatcher or operator")],
+    owner: Annotated[
+        str | None, typer.Option(help="Bind an app or reader login to this owner's nodes")
+    ] = None,
+) -> None:
+    """Make a database login with one fleet role; print its connection URL (shown once)."""
+    url = settings().owner_url()
+    engine = engine_for(url, f"fleet-cli:{getpass.getuser()}"[:63])
+    with transaction(engine) as session:
+        made = logins.create_login(session.connection(), url, name, logins.parse_role(role), owner)
+    bound = f", bound to owner {owner}" if owner else ""
+    typer.echo(f"login {name} made with role {role}{bound}; its URL is shown once:", err=True)
+    typer.echo(made.url.reveal())
 
 
 @node_app.command("create")
@@ -250,8 +277,10 @@ def reconcile_command(
     if not config.regions:
         raise BadInput("no regions configured (FLEET_REGIONS)")
     engine = engine_for(config.database_url, f"fleet-cli:{getpass.getuser()}"[:63])
-    cloud = Ec2Cloud(config)
-    findings = reconcile.reconcile(engine, cloud, list(config.regions))
+    with engine.connect() as connection:
+        fleet = fleet_id(connection)
+    cloud = Ec2Cloud(config, fleet)
+    findings = reconcile.reconcile(engine, cloud, fleet, list(config.regions))
     held = reconcile.hold_missing(engine, findings)
     if as_json:
         print_json({"findings": [asdict(f) for f in findings], "held": held})
@@ -309,6 +338,7 @@ def dispatcher() -> None:
 
     config = settings()
     configure_logging(config)
+    require_login("dispatcher", "dispatcher")
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -334,6 +364,7 @@ def api(
     from api.server import serve
 
     configure_logging(settings())
+    require_login("api", "API")
     serve(host, port)
 
 
@@ -348,6 +379,7 @@ def worker(
 
     config = settings()
     configure_logging(config)
+    require_login("worker", "worker")
     try:
         run_worker(config, burst=burst)
     except RedisDown as exc:

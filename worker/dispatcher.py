@@ -18,6 +18,7 @@ from sqlalchemy import Engine, Row
 from sqlalchemy.exc import OperationalError
 
 from jobs.ec2 import Ec2Cloud
+from models.identity import fleet_id
 from models.queries import query
 from models.session import engine_for
 from worker import metrics
@@ -99,8 +100,10 @@ class Dispatcher:
             metrics.DUE.labels(row.state).set(row.due)
 
     def reconcile(self) -> None:
-        cloud = Ec2Cloud(self.config)
-        findings = reconcile(self.engine, cloud, list(self.config.regions))
+        with self.engine.connect() as connection:
+            fleet = fleet_id(connection)
+        cloud = Ec2Cloud(self.config, fleet)
+        findings = reconcile(self.engine, cloud, fleet, list(self.config.regions))
         for finding in findings:
             log.warning("reconcile", **asdict(finding))
         held = hold_missing(self.engine, findings)

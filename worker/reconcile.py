@@ -3,7 +3,9 @@
 - orphan: an instance of this fleet whose node has no row, or is destroyed;
 - duplicate: a second live instance for one node (the row keeps the one it names);
 - missing: a row that should have an instance (past `instance`, before `destroy`) whose
-  instance is gone; such a row is held with an error naming the instance.
+  instance is gone; such a row is held with an error naming the instance;
+- foreign: an instance another fleet tagged (another fleet id, or none): reported, never
+  touched, never matched to our rows although its node id may equal one of ours.
 Only orphans and duplicates are ever terminated, and only when asked (--fix)."""
 
 from collections import defaultdict
@@ -12,11 +14,11 @@ from typing import Literal
 
 from sqlalchemy import Engine, select
 
-from jobs.ec2 import NODE_ID_TAG, Cloud, Instance
+from jobs.ec2 import Cloud, Instance
 from models.queries import query
 from models.tables import NodeRow
 
-FindingKind = Literal["orphan", "duplicate", "missing"]
+FindingKind = Literal["orphan", "duplicate", "missing", "foreign"]
 NEEDS_INSTANCE = ("key", "start", "wallet", "live", "stop", "stopped", "update")
 
 
@@ -39,13 +41,15 @@ class _Row:
     instance_id: str | None
 
 
-def reconcile(engine: Engine, cloud: Cloud, regions: list[str]) -> list[Finding]:
+def reconcile(engine: Engine, cloud: Cloud, fleet_id: str, regions: list[str]) -> list[Finding]:
     rows = _rows(engine)
     findings: list[Finding] = []
     for region in regions:
-        instances = cloud.fleet_instances(region)
-        findings += _orphans_and_duplicates(region, instances, rows)
-        findings += _missing(region, instances, rows)
+        tagged = cloud.tagged_instances(region)
+        ours = [i for i in tagged if i.fleet_id() == fleet_id]
+        findings += _foreign(region, [i for i in tagged if i.fleet_id() != fleet_id])
+        findings += _orphans_and_duplicates(region, ours, rows)
+        findings += _missing(region, ours, rows)
     return findings
 
 
@@ -78,9 +82,19 @@ def _rows(engine: Engine) -> dict[int, _Row]:
         }
 
 
-def _node_id(instance: Instance) -> int | None:
-    tag = instance.tags.get(NODE_ID_TAG, "")
-    return int(tag) if tag.isdigit() else None
+def _foreign(region: str, instances: list[Instance]) -> list[Finding]:
+    return [
+        Finding(
+            "foreign",
+            region,
+            i.id,
+            None,
+            None,
+            f"tagged by fleet {i.fleet_id() or '(none)'} as its node {i.node_id()}: not ours,"
+            " left alone",
+        )
+        for i in instances
+    ]
 
 
 def _orphans_and_duplicates(
@@ -89,7 +103,7 @@ def _orphans_and_duplicates(
     findings: list[Finding] = []
     by_node: dict[int, list[Instance]] = defaultdict(list)
     for instance in instances:
-        node_id = _node_id(instance)
+        node_id = instance.node_id()
         row = rows.get(node_id) if node_id is not None else None
         if row is None or row.state == "destroyed":
             why = "no node row" if row is None else f"node {row.name} is destroyed"

@@ -11,12 +11,14 @@ from functools import cache
 from typing import Any, Literal
 
 import structlog
-from sqlalchemy import Connection, Engine, Row, update
+from sqlalchemy import Connection, Engine, Row, func, update
 
 from jobs.outcomes import Done, Fail, HoldNode, Outcome, Wait
 from jobs.registry import NodeFacts, NodeSnapshot, StepRegistry, UnknownStep, steps
+from jobs.toolbox import Toolbox
 from models import secrets
 from models.errors import BadInput
+from models.identity import fleet_id
 from models.queries import query
 from models.releases import Release, find_release
 from models.secrets import Secret, SecretKind
@@ -45,15 +47,21 @@ class RunningStep:
     worker: str
     keeper: LeaseKeeper
     config: FleetSettings
+    tools: Toolbox
 
     def record(self, facts: NodeFacts) -> bool:
+        flags = ("clear_target_version", "wallet_initialised")
         values: dict[str, object] = {
             key: value
             for key, value in asdict(facts).items()
-            if value is not None and key != "clear_target_version"
+            if value is not None and key not in flags
         }
         if facts.clear_target_version:
             values["target_version"] = None
+        if facts.wallet_initialised:
+            values["wallet_initialised_at"] = func.coalesce(
+                NodeRow.wallet_initialised_at, func.now()
+            )
         if not values:
             return True
         statement = (
@@ -75,7 +83,7 @@ class RunningStep:
         with self.engine.connect() as connection:
             return secrets.store_once(connection, key_ring(self.config), self.node.id, kind, secret)
 
-    def note(self, event: Literal["backup"], detail: str) -> None:
+    def note(self, event: Literal["backup", "note"], detail: str) -> None:
         params = {"node_id": self.node.id, "worker": self.worker, "event": event, "detail": detail}
         with self.engine.connect() as connection:
             connection.execute(query("note_event"), params)
@@ -111,6 +119,15 @@ class Runtime:
         self.registry = registry
         self.worker = process_name("worker")
         self.engine = statement_engine_for(config.database_url, self.worker)
+        self._tools: Toolbox | None = None
+
+    @property
+    def tools(self) -> Toolbox:
+        """Built on first use: the fleet id comes from the database."""
+        if self._tools is None:
+            with self.engine.connect() as connection:
+                self._tools = Toolbox.build(self.config, fleet_id(connection))
+        return self._tools
 
     def run(self, node_id: int, state: str, step_run: int) -> RunResult:
         """Run the claimed step and then, while each step is done and the next state has
@@ -145,7 +162,7 @@ class Runtime:
         bound.debug("step started")
         started = time.perf_counter()
         try:
-            context = RunningStep(node, self.engine, self.worker, keeper, self.config)
+            context = RunningStep(node, self.engine, self.worker, keeper, self.config, self.tools)
             outcome = self._call_handler(context)
         except BaseException:
             # Cold shutdown (SIGTERM twice, SIGINT): hand the step back right away

@@ -10,6 +10,10 @@ from jobs.config import StepSettings
 class FleetSettings(StepSettings):
     """Everything: the steps' settings (jobs/config.py) and the runtime's."""
 
+    # The schema owner's URL, for `fleet db upgrade` and `fleet db create-login` (the only
+    # commands that need it); unset, they use database_url.
+    owner_database_url: str | None = None
+
     redis_url: str = "redis://127.0.0.1:6379/0"
     queue_name: str = "fleet"
 
@@ -53,6 +57,9 @@ class FleetSettings(StepSettings):
 
     log_format: str = Field(default="console", pattern="^(console|json)$")
     log_level: str = "INFO"
+
+    def owner_url(self) -> str:
+        return self.owner_database_url or self.database_url
 
     def step_module_names(self) -> list[str]:
         return [name.strip() for name in self.step_modules.split(",") if name.strip()]

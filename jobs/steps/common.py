@@ -1,12 +1,16 @@
 """What several steps do: talk to the host agent with its pinned key, reach the node's
-API with a fresh token, and take a backup to S3."""
+API with a fresh token, and take a backup to S3.
+
+Where a step sends anything is decided by what the fleet observed, never by the row
+alone: the SSH host key is pinned at first contact (the key step), to the address that
+EC2 reports for this fleet's instance of this node; every later contact must show that
+key, and a pin that went missing holds the node instead of being taken again."""
 
 from jobs.host import AgentReply
 from jobs.node_api import NodeApi, NodeApiError
 from jobs.node_auth import admin_token
 from jobs.outcomes import HoldNode
 from jobs.registry import NodeFacts, StepContext
-from jobs.toolbox import toolbox
 from models.secrets import Secret
 
 
@@ -16,14 +20,49 @@ class AgentFailed(Exception):
 
 def run_agent(context: StepContext, *command: str) -> str:
     node = context.node
-    if node.address is None:
-        raise HoldNode(f"node {node.name} has no address; its instance step did not finish")
-    reply: AgentReply = toolbox().agent.run(node.address, node.ssh_host_key, *command)
+    reply: AgentReply = context.tools.agent.run(host_address(context), node.ssh_host_key, *command)
     if node.ssh_host_key is None:
         context.record(NodeFacts(ssh_host_key=reply.host_key))  # pinned on first contact
     if not reply.ok:
         raise AgentFailed(f"host agent {command[0]}: {reply.line}")
     return reply.line
+
+
+def host_address(context: StepContext) -> str:
+    """The address to reach the node's host at. With a pinned host key the row's address
+    is enough (whoever answers there must show the pinned key); without one, only the key
+    step may make first contact, at the address EC2 reports for the node's instance."""
+    node = context.node
+    if node.address is None:
+        raise HoldNode(f"node {node.name} has no address; its instance step did not finish")
+    if node.ssh_host_key is not None:
+        return node.address
+    if node.state != "key":
+        raise HoldNode(
+            f"the SSH host key pin of node {node.name} is missing although its key step"
+            " pinned it: nothing was sent; check the host, then pin its key again"
+        )
+    return observed_address(context)
+
+
+def observed_address(context: StepContext) -> str:
+    """The row's address, once EC2 confirmed it is this fleet's instance of this node."""
+    node, tools = context.node, context.tools
+    instance = (
+        None if node.instance_id is None else tools.cloud.describe(node.region, node.instance_id)
+    )
+    if instance is None or not instance.belongs_to(tools.fleet_id, node.id):
+        raise HoldNode(
+            f"instance {node.instance_id} of node {node.name} is not this fleet's instance"
+            " for the node in EC2: nothing was sent"
+        )
+    address = instance.address(tools.settings)
+    if address is None or address != node.address:
+        raise HoldNode(
+            f"node {node.name}'s address {node.address} is not the one EC2 reports for its"
+            f" instance {instance.id} ({address}): nothing was sent"
+        )
+    return address
 
 
 def root_key(context: StepContext) -> Secret:
@@ -34,7 +73,7 @@ def root_key(context: StepContext) -> Secret:
 
 
 def node_api(context: StepContext) -> NodeApi:
-    settings = toolbox().settings
+    settings = context.tools.settings
     private = root_key(context)
     return NodeApi(
         f"http://{context.node.address}:{settings.node_api_port}",
@@ -60,7 +99,7 @@ def backup_to_s3(context: StepContext, api: NodeApi) -> str:
     password = context.secret("wallet_password")
     if password is None:
         raise HoldNode(f"node {node.name} has no stored wallet password to back up with")
-    settings = toolbox().settings
+    settings = context.tools.settings
     path = f"/var/lib/rln/backups/{node.name}-{node.step_run}.rlnbackup"
     api.backup(path, password)
     key = f"{settings.backup_prefix}/{node.owner}/{node.name}/{node.name}-{node.step_run}.rlnbackup"

@@ -6,18 +6,25 @@ from jobs.node_api import NodeApiError, NodeUnreachable
 from jobs.outcomes import Done, Outcome, Wait
 from jobs.registry import StepContext, steps
 from jobs.steps.common import AgentFailed, backup_to_s3, lock_quietly, node_api
-from jobs.toolbox import toolbox
 
 
 @steps.step("destroy")
 def destroy_node(context: StepContext) -> Outcome:
-    node, tools = context.node, toolbox()
-    # By tag too: an instance launched by a worker that died before recording it.
+    node, tools = context.node, context.tools
+    # By tag too: an instance launched by a worker that died before recording it. Only
+    # this fleet's instances of this node: an id in the row that EC2 tags otherwise is
+    # left alone, and the history says so.
     instances = {i.id: i for i in tools.cloud.find_instances(node.region, node.id)}
     if node.instance_id and node.instance_id not in instances:
         known = tools.cloud.describe(node.region, node.instance_id)
-        if known is not None:
+        if known is not None and known.belongs_to(tools.fleet_id, node.id):
             instances[known.id] = known
+        elif known is not None and known.state != "terminated":
+            context.note(
+                "note",
+                f"instance {known.id} in the row is not this fleet's instance for node"
+                f" {node.name}: not terminated",
+            )
     alive = [i for i in instances.values() if i.state != "terminated"]
     if not alive:
         return Done()

@@ -6,12 +6,11 @@ was written is found, not repeated. Launches draw on the fleet-wide budget."""
 from jobs.ec2 import Instance
 from jobs.outcomes import Done, HoldNode, Outcome, Wait
 from jobs.registry import NodeFacts, StepContext, steps
-from jobs.toolbox import toolbox
 
 
 @steps.step("instance")
 def ensure_instance(context: StepContext) -> Outcome:
-    node, tools = context.node, toolbox()
+    node, tools = context.node, context.tools
     instance = _known_instance(context)
     if instance is None:
         wait = context.take_launch_token()
@@ -29,9 +28,15 @@ def ensure_instance(context: StepContext) -> Outcome:
 
 
 def _known_instance(context: StepContext) -> Instance | None:
-    node, cloud = context.node, toolbox().cloud
+    node, cloud = context.node, context.tools.cloud
     if node.instance_id is not None:
-        return cloud.describe(node.region, node.instance_id)
+        recorded = cloud.describe(node.region, node.instance_id)
+        if recorded is not None and not recorded.belongs_to(context.tools.fleet_id, node.id):
+            raise HoldNode(
+                f"instance {node.instance_id} recorded for node {node.name} is not this"
+                " fleet's instance for the node: left alone"
+            )
+        return recorded
     found = cloud.find_instances(node.region, node.id)
     if len(found) > 1:
         ids = ", ".join(sorted(i.id for i in found))

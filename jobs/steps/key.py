@@ -9,7 +9,6 @@ from jobs.node_auth import new_root_key, public_key_of
 from jobs.outcomes import Done, Outcome, Wait
 from jobs.registry import StepContext, steps
 from jobs.steps.common import run_agent
-from jobs.toolbox import toolbox
 from models.secrets import Secret
 
 
@@ -19,5 +18,5 @@ def install_root_key(context: StepContext) -> Outcome:
     try:
         run_agent(context, "set-root-key", public_key_of(private.reveal()))
     except HostUnreachable as exc:
-        return Wait(toolbox().settings.poll_seconds, str(exc))
+        return Wait(context.tools.settings.poll_seconds, str(exc))
     return Done()

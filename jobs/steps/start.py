@@ -6,12 +6,11 @@ from jobs.node_api import NodeApiError, NodeUnreachable
 from jobs.outcomes import Done, Outcome, Wait
 from jobs.registry import StepContext, steps
 from jobs.steps.common import node_api, run_agent
-from jobs.toolbox import toolbox
 
 
 @steps.step("start")
 def start_service(context: StepContext) -> Outcome:
-    poll = toolbox().settings.poll_seconds
+    poll = context.tools.settings.poll_seconds
     try:
         run_agent(context, "start")
     except HostUnreachable as exc:

@@ -4,7 +4,6 @@ from jobs.host import HostUnreachable
 from jobs.outcomes import Done, Outcome, Wait
 from jobs.registry import StepContext, steps
 from jobs.steps.common import backup_to_s3, lock_quietly, node_api, run_agent
-from jobs.toolbox import toolbox
 
 
 @steps.step("stop")
@@ -15,5 +14,5 @@ def stop_node(context: StepContext) -> Outcome:
         backup_to_s3(context, api)
         run_agent(context, "stop")
     except HostUnreachable as exc:
-        return Wait(toolbox().settings.poll_seconds, str(exc))
+        return Wait(context.tools.settings.poll_seconds, str(exc))
     return Done()

@@ -6,7 +6,6 @@ from jobs.node_api import NodeApiError, NodeUnreachable
 from jobs.outcomes import Done, HoldNode, Outcome, Wait
 from jobs.registry import NodeFacts, StepContext, steps
 from jobs.steps.common import backup_to_s3, lock_quietly, node_api, run_agent
-from jobs.toolbox import toolbox
 
 
 @steps.step("update")
@@ -24,7 +23,7 @@ def install_release(context: StepContext) -> Outcome:
             run_agent(context, "stop")
         run_agent(context, "install", release.version, release.artifact_url, release.sha256)
     except HostUnreachable as exc:
-        return Wait(toolbox().settings.poll_seconds, str(exc))
+        return Wait(context.tools.settings.poll_seconds, str(exc))
     context.record(NodeFacts(current_version=release.version, clear_target_version=True))
     return Done()
 

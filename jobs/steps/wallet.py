@@ -4,7 +4,11 @@ The password and the mnemonic are generated and stored before the node sees them
 /init is called only after /unlock has said NotInitialized. So a worker that dies
 anywhere leaves either no wallet (the next run inits with the stored mnemonic) or one
 that the stored secrets unlock: /init never runs on an initialised wallet, and the
-fleet always holds the mnemonic that recovers the funds."""
+fleet always holds the mnemonic that recovers the funds.
+
+Before its first /init the step records (a column only workers write) that the wallet
+may exist. From then on a secret missing from the database holds the node loudly: a new
+mnemonic would make the fleet hold one that recovers nothing."""
 
 import secrets as random_source
 
@@ -14,22 +18,20 @@ from jobs.node_api import NodeApi, NodeApiError, NodeUnreachable
 from jobs.outcomes import Done, HoldNode, Outcome, Wait
 from jobs.registry import NodeFacts, StepContext, steps
 from jobs.steps.common import node_api
-from jobs.toolbox import toolbox
 from models.secrets import Secret
 
 PASSWORD_BYTES = 24
 MNEMONIC_STRENGTH = 256  # 24 words
 
 
+class LeaseLost(Exception):
+    """The worker lost the row before /init: another run decides now."""
+
+
 @steps.step("wallet")
 def open_wallet(context: StepContext) -> Outcome:
-    password = context.keep_secret(
-        "wallet_password", Secret(random_source.token_urlsafe(PASSWORD_BYTES))
-    )
-    mnemonic = context.keep_secret(
-        "mnemonic", Secret(Mnemonic("english").generate(strength=MNEMONIC_STRENGTH))
-    )
-    api, poll = node_api(context), toolbox().settings.poll_seconds
+    password, mnemonic = _wallet_secrets(context)
+    api, poll = node_api(context), context.tools.settings.poll_seconds
     try:
         _unlock(context, api, password, mnemonic)
         info = api.node_info()
@@ -43,8 +45,34 @@ def open_wallet(context: StepContext) -> Outcome:
     return Done()
 
 
+def _wallet_secrets(context: StepContext) -> tuple[Secret, Secret]:
+    """The stored password and mnemonic; made (and stored first) only for a wallet the
+    fleet never asked a node to create."""
+    node = context.node
+    if not node.wallet_initialised:
+        password = context.keep_secret(
+            "wallet_password", Secret(random_source.token_urlsafe(PASSWORD_BYTES))
+        )
+        mnemonic = context.keep_secret(
+            "mnemonic", Secret(Mnemonic("english").generate(strength=MNEMONIC_STRENGTH))
+        )
+        return password, mnemonic
+    stored_password, stored_mnemonic = context.secret("wallet_password"), context.secret("mnemonic")
+    if stored_mnemonic is None:
+        raise HoldNode(
+            f"the fleet no longer holds the mnemonic that recovers this wallet (node {node.name}):"
+            " restore node_secrets from a database backup; never initialise it again"
+        )
+    if stored_password is None:
+        raise HoldNode(
+            f"the fleet no longer holds the password of this wallet (node {node.name}):"
+            " restore node_secrets from a database backup"
+        )
+    return stored_password, stored_mnemonic
+
+
 def _unlock(context: StepContext, api: NodeApi, password: Secret, mnemonic: Secret) -> None:
-    chain = toolbox().settings.chain
+    chain = context.tools.settings.chain
     try:
         api.unlock(password, chain)
         return
@@ -62,6 +90,8 @@ def _unlock(context: StepContext, api: NodeApi, password: Secret, mnemonic: Secr
 
 
 def _init(context: StepContext, api: NodeApi, password: Secret, mnemonic: Secret) -> None:
+    if not context.record(NodeFacts(wallet_initialised=True)):
+        raise LeaseLost(f"node {context.node.name} changed hands before /init")
     try:
         answered = api.init(password, mnemonic)
     except NodeApiError as exc:

@@ -13,4 +13,5 @@ WHERE id = :node_id
   AND next_attempt_at <= now()
 RETURNING id, name, owner, region, instance_type, network, current_version, target_version,
           state, instance_id, address, node_pubkey, ssh_host_key, attempts, step_run,
+          wallet_initialised_at IS NOT NULL AS wallet_initialised, launch_generation,
           extract(epoch FROM clock_timestamp() - next_attempt_at)::float AS waited_seconds

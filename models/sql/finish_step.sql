@@ -15,4 +15,5 @@ WHERE id = :node_id
   AND lease_owner = :worker
 RETURNING id, name, owner, region, instance_type, network, current_version, target_version,
           state, instance_id, address, node_pubkey, ssh_host_key, attempts, step_run,
+          wallet_initialised_at IS NOT NULL AS wallet_initialised, launch_generation,
           lease_owner IS NOT NULL AS chained

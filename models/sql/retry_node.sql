@@ -1,9 +1,3 @@
--- An operator lets a held node try again from a clean slate.
-UPDATE nodes
-SET held_at = NULL,
-    attempts = 0,
-    last_error = NULL,
-    next_attempt_at = now()
-WHERE name = :name
-  AND held_at IS NOT NULL
-RETURNING id
+-- An operator or app lets a held node try again from a clean slate (fleet_retry_node in
+-- migrations/sql/functions.sql: the only way an app touches hold and attempt columns).
+SELECT fleet_retry_node(:name) AS id

@@ -1,0 +1,202 @@
+-- Every function and trigger of the fleet's schema: the rules in force, written once.
+-- Re-runnable: a migration that changes any of them edits this file and applies it again
+-- (migrations/versions/0005_trust_boundaries.py was the first). Migrations 0001 and 0004
+-- hold earlier versions of some of these bodies only as history.
+--
+-- Trigger functions run as SECURITY DEFINER with a fixed search_path: they write
+-- node_history and read node_edges with the schema owner's rights, so an app needs no
+-- privilege on either, and a login cannot shadow a table with one of its own.
+
+-- A label for who made a change: our processes set application_name (fleet-worker:host:pid,
+-- fleet-cli:user, fleet-api:subject); any other client is named by its login. Anyone can set
+-- application_name, so it authorises nothing: node_history.login says who authenticated.
+CREATE OR REPLACE FUNCTION fleet_actor() RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT coalesce(nullif(current_setting('application_name', true), ''), session_user::text)
+$$;
+
+-- The owner whose nodes this login is limited to (an app or reader login made with
+-- --owner), or NULL for a fleet-wide login.
+CREATE OR REPLACE FUNCTION fleet_login_owner() RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+    SELECT owner FROM fleet_logins WHERE login = session_user::text
+$$;
+
+-- Whether this session may take worker edges and keep a lease through them: a login that
+-- is a member of fleet_worker. Superusers are members of every role, and are refused: no
+-- fleet process runs as one, so a superuser's session is a person at psql, never a worker.
+CREATE OR REPLACE FUNCTION fleet_is_worker() RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+    SELECT pg_has_role(session_user, 'fleet_worker', 'MEMBER')
+           AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = session_user)
+$$;
+
+CREATE OR REPLACE FUNCTION nodes_check_insert() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+BEGIN
+    IF NEW.state <> 'new' AND NOT EXISTS (
+        SELECT 1 FROM node_edges e
+        WHERE e.from_state = 'new' AND e.to_state = NEW.state AND e.actor = 'app'
+    ) THEN
+        RAISE EXCEPTION 'a node starts in new or instance, not in %', NEW.state
+            USING ERRCODE = 'FL001';
+    END IF;
+    -- A new row is a request: whatever else an INSERT says, the fleet's own columns start
+    -- empty (what it observed, its bookkeeping, its times).
+    NEW.attempts := 0;
+    NEW.step_run := 0;
+    NEW.last_error := NULL;
+    NEW.next_attempt_at := now();
+    NEW.held_at := NULL;
+    NEW.lease_owner := NULL;
+    NEW.lease_expires_at := NULL;
+    NEW.instance_id := NULL;
+    NEW.address := NULL;
+    NEW.node_pubkey := NULL;
+    NEW.ssh_host_key := NULL;
+    NEW.wallet_initialised_at := NULL;
+    NEW.launch_generation := 0;
+    NEW.created_at := now();
+    NEW.updated_at := now();
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION nodes_check_transition() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    edge_actor text;
+BEGIN
+    NEW.updated_at := now();
+    IF NEW.state = OLD.state THEN
+        RETURN NEW;
+    END IF;
+    SELECT e.actor INTO edge_actor
+    FROM node_edges e WHERE e.from_state = OLD.state AND e.to_state = NEW.state;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'illegal transition % -> % for node %', OLD.state, NEW.state, OLD.name
+            USING ERRCODE = 'FL001';
+    END IF;
+    -- A worker edge is the end of a step: taken by a fleet_worker login on a row that a
+    -- worker has leased (the settle's WHERE names the lease holder). Role membership
+    -- authorises it, never a string the session chose.
+    IF edge_actor = 'worker' AND (OLD.lease_owner IS NULL OR NOT fleet_is_worker()) THEN
+        RAISE EXCEPTION 'transition % -> % for node % is taken by the worker that holds its lease, not requested',
+            OLD.state, NEW.state, OLD.name
+            USING ERRCODE = 'FL002';
+    END IF;
+    IF NEW.state = 'update' AND NEW.target_version IS NULL THEN
+        RAISE EXCEPTION 'transition % -> update for node % needs a target version', OLD.state, OLD.name
+            USING ERRCODE = 'FL003';
+    END IF;
+    -- A new state starts its step afresh; an app's request also takes the row from any
+    -- worker still busy with the old step (its guarded advance will then find no row).
+    NEW.attempts := 0;
+    NEW.last_error := NULL;
+    NEW.held_at := NULL;
+    NEW.next_attempt_at := now();
+    -- The step chain: the lease holder that finishes a step and in the same UPDATE
+    -- claims the next one (step_run + 1, as a claim does) keeps its lease when the new
+    -- state has work, and runs that step at once instead of a round trip through the
+    -- dispatcher and Redis. Any other change of state frees the row.
+    IF edge_actor = 'worker'
+       AND NEW.step_run = OLD.step_run + 1
+       AND NEW.lease_owner IS NOT DISTINCT FROM OLD.lease_owner
+       AND (SELECT kind FROM node_states WHERE state = NEW.state) = 'work' THEN
+        RETURN NEW;
+    END IF;
+    NEW.lease_owner := NULL;
+    NEW.lease_expires_at := NULL;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION nodes_record_history() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO node_history (node_id, event, from_state, to_state, actor, login, attempt)
+        VALUES (NEW.id, 'create', NULL, NEW.state, fleet_actor(), session_user, 0);
+    ELSIF NEW.state <> OLD.state THEN
+        INSERT INTO node_history (node_id, event, from_state, to_state, actor, login, attempt, error)
+        VALUES (NEW.id, 'transition', OLD.state, NEW.state, fleet_actor(), session_user,
+                OLD.attempts, OLD.last_error);
+    ELSIF NEW.held_at IS NOT NULL AND OLD.held_at IS NULL THEN
+        INSERT INTO node_history (node_id, event, from_state, to_state, actor, login, attempt, error)
+        VALUES (NEW.id, 'hold', OLD.state, NEW.state, fleet_actor(), session_user,
+                NEW.attempts, NEW.last_error);
+    ELSIF NEW.held_at IS NULL AND OLD.held_at IS NOT NULL THEN
+        INSERT INTO node_history (node_id, event, from_state, to_state, actor, login, attempt, error)
+        VALUES (NEW.id, 'release', OLD.state, NEW.state, fleet_actor(), session_user,
+                OLD.attempts, OLD.last_error);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- Wake the dispatchers when a row has (or may soon have) work: it entered a work state,
+-- was released by a worker or an operator, or its next attempt time moved. The payload
+-- is the node id only; the dispatcher reads the rest from the table.
+CREATE OR REPLACE FUNCTION nodes_notify_due() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+BEGIN
+    IF NEW.held_at IS NULL AND NEW.lease_owner IS NULL
+       AND (SELECT kind FROM node_states WHERE state = NEW.state) = 'work'
+       AND (TG_OP = 'INSERT'
+            OR NEW.state <> OLD.state
+            OR OLD.held_at IS NOT NULL
+            OR OLD.lease_owner IS NOT NULL
+            OR NEW.next_attempt_at <> OLD.next_attempt_at) THEN
+        PERFORM pg_notify('fleet_due', NEW.id::text);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER nodes_check_insert BEFORE INSERT ON nodes
+    FOR EACH ROW EXECUTE FUNCTION nodes_check_insert();
+CREATE OR REPLACE TRIGGER nodes_check_transition BEFORE UPDATE ON nodes
+    FOR EACH ROW EXECUTE FUNCTION nodes_check_transition();
+CREATE OR REPLACE TRIGGER nodes_record_history AFTER INSERT OR UPDATE ON nodes
+    FOR EACH ROW EXECUTE FUNCTION nodes_record_history();
+CREATE OR REPLACE TRIGGER nodes_notify_due AFTER INSERT OR UPDATE ON nodes
+    FOR EACH ROW EXECUTE FUNCTION nodes_notify_due();
+
+-- An app or operator lets a held node try again from a clean slate. The only way an app
+-- touches the hold and attempt columns; a login bound to an owner releases only its own.
+-- Returns the node's id, or NULL when no such held node is visible to the caller.
+CREATE OR REPLACE FUNCTION fleet_retry_node(node_name text) RETURNS bigint
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+    UPDATE nodes
+    SET held_at = NULL,
+        attempts = 0,
+        last_error = NULL,
+        next_attempt_at = now()
+    WHERE name = node_name
+      AND held_at IS NOT NULL
+      AND (fleet_login_owner() IS NULL OR owner = fleet_login_owner())
+    RETURNING id
+$$;
+
+-- `fleet db create-login`: a login with one fleet role, able to connect to this database
+-- only. Run by the schema owner (it needs CREATEROLE). The password arrives as a SCRAM
+-- verifier, so it never reaches the server, its logs or pg_stat_activity in clear.
+CREATE OR REPLACE FUNCTION fleet_create_login(
+    login_name text, fleet_role text, bound_owner text, scram_verifier text
+) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF fleet_role NOT IN ('app', 'reader', 'api', 'worker', 'dispatcher', 'operator') THEN
+        RAISE EXCEPTION 'unknown fleet role %', fleet_role USING ERRCODE = 'FL010';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = login_name) THEN
+        RAISE EXCEPTION 'a role named % already exists in this Postgres cluster', login_name
+            USING ERRCODE = 'FL011';
+    END IF;
+    INSERT INTO fleet_logins (login, role, owner) VALUES (login_name, fleet_role, bound_owner);
+    EXECUTE format('CREATE ROLE %I LOGIN PASSWORD %L IN ROLE %I',
+                   login_name, scram_verifier, 'fleet_' || fleet_role);
+    -- Roles are cluster-wide, grants on a database are not: this login may connect here
+    -- and nowhere else, and nobody may connect who was not made a login.
+    EXECUTE format('REVOKE ALL ON DATABASE %I FROM PUBLIC', current_database());
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), login_name);
+END
+$$;

@@ -1,0 +1,103 @@
+-- Who may do what: the fleet's roles, their privileges and the row-level security of
+-- apps bound to an owner, written once. Re-runnable: a migration that adds a table or
+-- changes a privilege edits this file and applies it again. README.md, "Security model",
+-- says the same in prose; tests/test_roles.py tries each refusal as each role.
+--
+-- The roles are cluster-wide group roles (NOLOGIN); `fleet db create-login` makes logins
+-- that are members of one of them and may connect to this database only.
+
+DO $$
+DECLARE
+    fleet_role text;
+BEGIN
+    FOREACH fleet_role IN ARRAY ARRAY['fleet_app', 'fleet_api', 'fleet_reader', 'fleet_worker',
+                                      'fleet_dispatcher', 'fleet_operator'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = fleet_role) THEN
+            BEGIN
+                EXECUTE format('CREATE ROLE %I NOLOGIN', fleet_role);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL;  -- another database of this cluster was migrated at the same moment
+            END;
+        END IF;
+    END LOOP;
+    -- Nobody connects who was not made a login for this database.
+    EXECUTE format('REVOKE ALL ON DATABASE %I FROM PUBLIC', current_database());
+END
+$$;
+
+-- Start from nothing, so that re-applying this file also takes back what it no longer grants.
+REVOKE ALL ON ALL TABLES IN SCHEMA public
+    FROM PUBLIC, fleet_app, fleet_api, fleet_reader, fleet_worker, fleet_dispatcher, fleet_operator;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA public
+    FROM PUBLIC, fleet_app, fleet_api, fleet_reader, fleet_worker, fleet_dispatcher, fleet_operator;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA public
+    FROM PUBLIC, fleet_app, fleet_api, fleet_reader, fleet_worker, fleet_dispatcher, fleet_operator;
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+GRANT USAGE ON SCHEMA public
+    TO fleet_app, fleet_api, fleet_reader, fleet_worker, fleet_dispatcher, fleet_operator;
+
+-- Reading: every role sees the lifecycle, the releases, the schema version and the fleet's
+-- id. No column of nodes is a secret, so whoever may see a node sees all of it;
+-- node_secrets is read by workers and operators only (not even ciphertext for anyone else).
+GRANT SELECT ON node_states, node_edges, releases, alembic_version, fleet_identity,
+                nodes, node_history, fleet_status, fleet_nodes
+    TO fleet_app, fleet_api, fleet_reader, fleet_worker, fleet_dispatcher, fleet_operator;
+
+-- Apps (and the API, and an operator at the CLI) ask for nodes and moves: the request
+-- columns on INSERT, the state and the target version on UPDATE, a retry through
+-- fleet_retry_node(). The database's triggers decide which moves are legal.
+GRANT INSERT (name, owner, region, instance_type, network, current_version, state)
+    ON nodes TO fleet_app, fleet_api, fleet_operator;
+GRANT UPDATE (state, target_version) ON nodes TO fleet_app, fleet_api, fleet_operator;
+GRANT EXECUTE ON FUNCTION fleet_retry_node(text) TO fleet_app, fleet_api, fleet_operator;
+GRANT EXECUTE ON FUNCTION fleet_actor(), fleet_login_owner(), fleet_is_worker()
+    TO fleet_app, fleet_api, fleet_reader, fleet_worker, fleet_dispatcher, fleet_operator;
+
+-- The API remembers the first answer to each Idempotency-Key.
+GRANT SELECT, INSERT, DELETE ON api_idempotency_keys TO fleet_api;
+
+-- Operators: releases, holds (reconcile holds a node whose instance is gone), and the
+-- secrets for recovery (`node secrets --reveal`) and key retirement (`secrets reseal`).
+GRANT INSERT ON releases TO fleet_operator;
+GRANT UPDATE (held_at, last_error) ON nodes TO fleet_operator;
+GRANT SELECT, UPDATE (key_id, nonce, ciphertext) ON node_secrets TO fleet_operator;
+
+-- Workers: claim and settle steps, record what they observed, keep secrets (once: no
+-- UPDATE or DELETE), note step events, take launches from the budget.
+GRANT UPDATE (state, step_run, lease_owner, lease_expires_at, attempts, last_error, held_at,
+              next_attempt_at, instance_id, address, node_pubkey, ssh_host_key,
+              current_version, target_version, wallet_initialised_at)
+    ON nodes TO fleet_worker;
+GRANT SELECT, INSERT ON node_secrets TO fleet_worker;
+GRANT INSERT ON node_history TO fleet_worker;
+GRANT SELECT, UPDATE ON launch_budget TO fleet_worker;
+
+-- The dispatcher: take back expired leases and hold nodes whose instance is gone.
+GRANT UPDATE (lease_owner, lease_expires_at, attempts, last_error, held_at, next_attempt_at)
+    ON nodes TO fleet_dispatcher;
+
+-- Row-level security: the fleet's processes see every row; an app or reader login bound to
+-- an owner sees and moves only that owner's nodes and their history. The schema owner
+-- (migrations) is not subject to it.
+ALTER TABLE nodes ENABLE ROW LEVEL SECURITY;
+ALTER TABLE node_history ENABLE ROW LEVEL SECURITY;
+
+DROP POLICY IF EXISTS nodes_fleet_wide ON nodes;
+CREATE POLICY nodes_fleet_wide ON nodes
+    TO fleet_api, fleet_worker, fleet_dispatcher, fleet_operator
+    USING (true) WITH CHECK (true);
+DROP POLICY IF EXISTS nodes_of_owner ON nodes;
+CREATE POLICY nodes_of_owner ON nodes
+    TO fleet_app, fleet_reader
+    USING ((SELECT fleet_login_owner()) IS NULL OR owner = (SELECT fleet_login_owner()))
+    WITH CHECK ((SELECT fleet_login_owner()) IS NULL OR owner = (SELECT fleet_login_owner()));
+
+DROP POLICY IF EXISTS history_fleet_wide ON node_history;
+CREATE POLICY history_fleet_wide ON node_history
+    TO fleet_api, fleet_worker, fleet_dispatcher, fleet_operator
+    USING (true) WITH CHECK (true);
+DROP POLICY IF EXISTS history_of_owner ON node_history;
+-- nodes is itself filtered for the same login, so this is "history of the nodes I see".
+CREATE POLICY history_of_owner ON node_history
+    TO fleet_app, fleet_reader
+    USING (node_id IN (SELECT id FROM nodes));
