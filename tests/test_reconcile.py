@@ -10,9 +10,11 @@ from tests.conftest import add_nodes, fetch
 from tests.simulation import Simulation
 
 
-def launch(simulation: Simulation, node_id: int) -> str:
+def launch(simulation: Simulation, node_id: int, fleet_id: str) -> str:
+    """An instance as a launch of the fleet with that id tags it."""
     tags = [
         {"Key": "rln-fleet", "Value": "rln-fleet"},
+        {"Key": "rln-fleet:fleet-id", "Value": fleet_id},
         {"Key": "rln-fleet:node-id", "Value": str(node_id)},
     ]
     answer = simulation.cloud.client("ec2").run_instances(
@@ -31,11 +33,14 @@ def reconcile(simulation: Simulation, *args: str) -> subprocess.CompletedProcess
 
 def test_reconcile_finds_orphans_duplicates_and_losses(simulation: Simulation, db_url: str) -> None:
     kept, lost, gone = add_nodes(db_url, ["kept", "lost", "gone"], state="new")
+    [(ours,)] = fetch(db_url, "SELECT fleet_id FROM fleet_identity")
     kept_instance, lost_instance, gone_instance = (
-        launch(simulation, n) for n in (kept, lost, gone)
+        launch(simulation, n, ours) for n in (kept, lost, gone)
     )
-    duplicate = launch(simulation, kept)
-    stranger = launch(simulation, 999)  # no such node
+    duplicate = launch(simulation, kept, ours)
+    stranger = launch(simulation, 999, ours)  # no such node
+    # Another fleet's instance for a node id we have: reported, never touched.
+    foreign = launch(simulation, kept, "f" * 32)
     with psycopg.connect(db_url, autocommit=True) as db:
         db.execute("SET session_replication_role = replica")  # place rows as steps left them
         for node_id, instance_id, state in (
@@ -54,7 +59,7 @@ def test_reconcile_finds_orphans_duplicates_and_losses(simulation: Simulation, d
     found = sorted((f["kind"], f["instance_id"]) for f in report["findings"])
     assert found == sorted([
         ("orphan", gone_instance), ("orphan", stranger), ("duplicate", duplicate),
-        ("missing", lost_instance),
+        ("missing", lost_instance), ("foreign", foreign),
     ])  # fmt: skip
     assert report["held"] == 1
     [(held, error)] = fetch(db_url, "SELECT held, last_error FROM nodes WHERE id = %s", lost)
@@ -67,13 +72,14 @@ def test_reconcile_finds_orphans_duplicates_and_losses(simulation: Simulation, d
         for i in simulation.instances()
     }
     assert {states[i] for i in (gone_instance, stranger, duplicate)} == {"terminated"}
-    assert states[kept_instance] == "running"
+    assert states[kept_instance] == states[foreign] == "running"
     again = json.loads(reconcile(simulation, "--json").stdout)
-    assert [f["kind"] for f in again["findings"]] == ["missing"]
+    assert sorted(f["kind"] for f in again["findings"]) == ["foreign", "missing"]
 
 
 def test_reconcile_asks_before_terminating(simulation: Simulation, db_url: str) -> None:
-    stranger = launch(simulation, 999)
+    [(ours,)] = fetch(db_url, "SELECT fleet_id FROM fleet_identity")
+    stranger = launch(simulation, 999, ours)
     refused = subprocess.run(
         [sys.executable, "-m", "worker", "reconcile", "--fix"], input="n\n",
         env=simulation.env, capture_output=True, text=True, timeout=60, check=False,

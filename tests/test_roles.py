@@ -318,5 +318,5 @@ def test_the_rules_files_can_be_applied_again_without_change(db_url: str) -> Non
     sql = migrations.MIGRATIONS_DIR / "sql"
     with psycopg.connect(db_url, autocommit=True) as connection:
         for name in ("functions.sql", "privileges.sql"):
-            connection.execute((sql / name).read_text())  # type: ignore[arg-type]
+            connection.execute((sql / name).read_text())
     assert rules() == before

@@ -75,8 +75,11 @@ def root_key(context: StepContext) -> Secret:
 def node_api(context: StepContext) -> NodeApi:
     settings = context.tools.settings
     private = root_key(context)
+    # Plain HTTP carries the node's secrets: only to the address EC2 reports for the
+    # node's own instance.
+    address = observed_address(context)
     return NodeApi(
-        f"http://{context.node.address}:{settings.node_api_port}",
+        f"http://{address}:{settings.node_api_port}",
         token=lambda: admin_token(private.reveal(), ttl_seconds=120),
         timeout=settings.node_api_timeout_seconds,
         unlock_timeout=settings.unlock_timeout_seconds,

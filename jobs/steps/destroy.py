@@ -3,7 +3,7 @@ gone. Secrets are kept: the mnemonic is what recovers the funds."""
 
 from jobs.host import HostUnreachable
 from jobs.node_api import NodeApiError, NodeUnreachable
-from jobs.outcomes import Done, Outcome, Wait
+from jobs.outcomes import Done, HoldNode, Outcome, Wait
 from jobs.registry import StepContext, steps
 from jobs.steps.common import AgentFailed, backup_to_s3, lock_quietly, node_api
 
@@ -44,6 +44,10 @@ def _back_up_if_answering(context: StepContext) -> None:
         backup_to_s3(context, api)
     except (NodeUnreachable, HostUnreachable, AgentFailed):
         return  # best effort: a node that is down cannot be backed up
+    except HoldNode as exc:
+        # The host cannot be trusted with the wallet password (a changed key, a row that
+        # EC2 contradicts): no backup, and the instances still go.
+        context.note("note", f"no backup before destroy: {exc}")
     except NodeApiError as exc:
         if exc.name not in ("NotInitialized", "ChangingState"):
             raise
