@@ -61,8 +61,13 @@ class KeyRing:
     def parse(cls, spec: str, active: str) -> "KeyRing":
         """spec: comma-separated `key_id:base64-of-32-bytes`; active: the id that seals."""
         keys: dict[str, bytes] = {}
-        for entry in filter(None, (part.strip() for part in spec.split(","))):
-            key_id, _, encoded = entry.partition(":")
+        for number, entry in enumerate(filter(None, (p.strip() for p in spec.split(","))), 1):
+            key_id, colon, encoded = entry.partition(":")
+            if not colon or not key_id:
+                # Never echo the entry: without its id, it may be the key itself.
+                raise BadInput(f"FLEET_SECRET_KEYS entry {number} is not key_id:base64")
+            if key_id in keys:
+                raise BadInput(f"secret key {key_id!r} appears twice in FLEET_SECRET_KEYS")
             try:
                 key = base64.b64decode(encoded, validate=True)
             except binascii.Error:
@@ -70,6 +75,10 @@ class KeyRing:
             if len(key) != KEY_BYTES:
                 raise BadInput(f"secret key {key_id!r} must be {KEY_BYTES} bytes")
             keys[key_id] = key
+        if not keys:
+            raise BadInput("no secret keys configured (FLEET_SECRET_KEYS)")
+        if not active:
+            raise BadInput("no active secret key configured (FLEET_SECRET_KEY_ID)")
         if active not in keys:
             raise BadInput(f"the active secret key {active!r} is not in the key ring")
         return cls(keys, active)

@@ -29,11 +29,16 @@ def test_a_secret_does_not_print_itself() -> None:
         (f"a:{KEY_A}", "b", "active secret key 'b' is not in the key ring"),
         ("a:not base64!", "a", "secret key 'a' is not base64"),
         (f"a:{base64.b64encode(b'short').decode()}", "a", "must be 32 bytes"),
+        ("", "", r"no secret keys configured \(FLEET_SECRET_KEYS\)"),
+        (f"a:{KEY_A}", "", r"no active secret key configured \(FLEET_SECRET_KEY_ID\)"),
+        (f"a:{KEY_A},{KEY_B}", "a", "entry 2 is not key_id:base64"),  # a key without its id
+        (f"a:{KEY_A},a:{KEY_B}", "a", "secret key 'a' appears twice"),
     ],
 )
 def test_bad_key_rings_are_refused(spec: str, active: str, message: str) -> None:
-    with pytest.raises(BadInput, match=message):
+    with pytest.raises(BadInput, match=message) as refused:
         KeyRing.parse(spec, active)
+    assert KEY_A not in str(refused.value) and KEY_B not in str(refused.value)
 
 
 def test_sealed_secrets_open_only_on_their_own_row() -> None:

@@ -16,11 +16,11 @@ import typer
 from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import select, text
+from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from models import logins, nodes, releases, secrets
+from models import logins, nodes, releases, reseal, secrets
 from models.errors import BadInput, FleetError
 from models.identity import fleet_id
 from models.nodes import NodeRecord
@@ -37,6 +37,8 @@ app.add_typer(db_app, name="db")
 release_app = typer.Typer(no_args_is_help=True, help="Releases nodes can be updated to.")
 app.add_typer(node_app, name="node")
 app.add_typer(release_app, name="release")
+secrets_app = typer.Typer(no_args_is_help=True, help="Sealed secrets and the keys that seal them.")
+app.add_typer(secrets_app, name="secrets")
 
 out = Console()
 
@@ -48,10 +50,13 @@ class Unreachable(Exception):
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
+def operator_engine() -> Engine:
+    return engine_for(settings().database_url, f"fleet-cli:{getpass.getuser()}"[:63])
+
+
 @contextmanager
 def operator_session() -> Iterator[Session]:
-    engine = engine_for(settings().database_url, f"fleet-cli:{getpass.getuser()}"[:63])
-    with transaction(engine) as session:
+    with transaction(operator_engine()) as session:
         yield session
 
 
@@ -60,6 +65,11 @@ def require_login(role: logins.FleetRole, process: str) -> None:
     engine = engine_for(settings().database_url, f"fleet-{process}")
     with engine.connect() as connection:
         logins.require_role(connection, role, process)
+
+
+def configured_key_ring() -> secrets.KeyRing:
+    config = settings()
+    return secrets.KeyRing.parse(config.secret_keys, config.secret_key_id)
 
 
 def print_json(value: object) -> None:
@@ -219,7 +229,6 @@ def node_secrets(
     ] = False,
 ) -> None:
     """Which secrets the fleet holds for a node; with --reveal, their values."""
-    config = settings()
     with operator_session() as session:
         row = nodes.find_node(session, name)
         stored = session.execute(
@@ -233,12 +242,87 @@ def node_secrets(
                 table.add_row(kind, key_id, created.isoformat(timespec="seconds"))
             out.print(table)
             return
-        ring = secrets.KeyRing.parse(config.secret_keys, config.secret_key_id)
+        ring = configured_key_ring()
         typer.echo(f"revealing the secrets of node {name} in clear text", err=True)
         connection = session.connection()
         for kind in secrets.SECRET_KINDS:
             if value := secrets.load(connection, ring, row.id, kind):
                 typer.echo(f"{kind}: {value.reveal()}")
+
+
+KEY_STANDING = {
+    "active": "active: seals new secrets",
+    "needed": "still seals secrets: reseal, then remove",
+    "retirable": "seals nothing: can be removed from the ring",
+    "missing": "not in the ring: these secrets do not open",
+}
+
+
+@secrets_app.command("status")
+def secrets_status(as_json: JsonFlag = False) -> None:
+    """Per key id: how many secrets it seals, and whether the key ring has it."""
+    ring = configured_key_ring()
+    with operator_engine().connect() as connection:
+        usage = reseal.key_usage(connection, ring)
+    if as_json:
+        print_json([asdict(u) for u in usage])
+        return
+    table = Table("key id", "secrets", "in ring", "standing")
+    for u in usage:
+        table.add_row(
+            u.key_id, str(u.secrets), "yes" if u.in_ring else "no", KEY_STANDING[u.standing]
+        )
+    out.print(table)
+
+
+@secrets_app.command("reseal")
+def secrets_reseal(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be resealed; change nothing")
+    ] = False,
+    limit: Annotated[
+        int | None, typer.Option(help="Reseal at most this many (a rerun does the rest)")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Seal every secret not under the active key with it, so that old keys can go."""
+    if limit is not None and limit < 1:
+        raise BadInput(f"--limit must be at least 1, not {limit}")
+    ring = configured_key_ring()
+    report = reseal.ResealReport(ring.active, dry_run)
+    try:
+        reseal.reseal(operator_engine(), ring, report, limit)
+    except KeyboardInterrupt:
+        print_reseal(report, as_json)
+        typer.echo("error: interrupted; run `fleet secrets reseal` again to finish", err=True)
+        raise typer.Exit(130) from None
+    print_reseal(report, as_json)
+    if report.unopenable:
+        failed = len(report.unopenable)
+        typer.echo(f"error: {failed} secret(s) did not open and were left as they were", err=True)
+        raise typer.Exit(1)
+
+
+def print_reseal(report: reseal.ResealReport, as_json: bool) -> None:
+    if as_json:
+        print_json(asdict(report))
+        return
+    done = "would reseal" if report.dry_run else "resealed"
+    origins = ", ".join(f"{n} from {key_id}" for key_id, n in sorted(report.resealed.items()))
+    total = sum(report.resealed.values())
+    typer.echo(
+        f"{done} {total} secret(s) under key {report.active_key}"
+        + (f": {origins}" if origins else "")
+    )
+    typer.echo(f"already under key {report.active_key}: {report.already_active}")
+    if report.changed_meanwhile:
+        typer.echo(f"changed by another run meanwhile, left to it: {report.changed_meanwhile}")
+    if report.left:
+        typer.echo(f"not reached, left for a rerun: {report.left}")
+    for u in report.unopenable:
+        typer.echo(f"did not open, left as it was: node {u.node} {u.kind}: {u.reason}")
+    if report.dry_run:
+        typer.echo("dry run: nothing changed")
 
 
 @release_app.command("add")
