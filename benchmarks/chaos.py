@@ -38,7 +38,7 @@ from models.identity import fleet_id
 from models.secrets import KeyRing
 from models.session import engine_for
 from sim.cloud import SimCloud
-from sim.demo import ARTIFACT, RELEASE, fleet_environment, simulated_cloud
+from sim.demo import ARTIFACT, RELEASE, as_login, fleet_environment, fleet_logins, simulated_cloud
 from sim.host import HostFaults
 from sim.rln_daemon import ApiFaults
 from sim.services import Services, admin_execute, database_url, local_services
@@ -104,11 +104,13 @@ def run(plan: Plan, work: Path) -> list[Check]:
             }
             release(db_url)
             chaos = Chaos()
+            # Every process and the app with a login of its role, never the owner.
             with (
-                fleet(env, plan.workers, work) as processes,
+                fleet_logins(env) as urls,
+                fleet(env, urls, plan.workers, work) as processes,
                 agitator(plan, rng, processes, chaos),
             ):
-                targets = drive(db_url, cloud, services, plan, rng, chaos)
+                targets = drive(db_url, urls["app"], cloud, services, plan, rng, chaos)
             return verify(db_url, cloud, env, services, work, targets, chaos)
 
 
@@ -123,6 +125,7 @@ def release(db_url: str) -> None:
 @dataclass
 class Processes:
     env: dict[str, str]
+    urls: dict[str, str]  # role -> its login's database URL
     work: Path
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -133,13 +136,16 @@ class Processes:
     def _start(self, role: str, index: int) -> subprocess.Popen[bytes]:
         with open(self.work / f"{role}-{index}.log", "ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", "worker", role], env=self.env, stdout=log, stderr=log
-            )
+                [sys.executable, "-m", "worker", role],
+                env=as_login(self.env, self.urls, role), stdout=log, stderr=log,
+            )  # fmt: skip
 
 
 @contextmanager
-def fleet(env: dict[str, str], workers: int, work: Path) -> Iterator[Processes]:
-    processes = Processes(env, work)
+def fleet(
+    env: dict[str, str], urls: dict[str, str], workers: int, work: Path
+) -> Iterator[Processes]:
+    processes = Processes(env, urls, work)
     dispatcher = processes._start("dispatcher", 0)
     processes.workers = [processes.start_worker(i) for i in range(workers)]
     try:
@@ -179,7 +185,13 @@ def agitator(plan: Plan, rng: random.Random, processes: Processes, chaos: Chaos)
 
 
 def drive(
-    db_url: str, cloud: SimCloud, services: Services, plan: Plan, rng: random.Random, chaos: Chaos
+    db_url: str,
+    app_url: str,
+    cloud: SimCloud,
+    services: Services,
+    plan: Plan,
+    rng: random.Random,
+    chaos: Chaos,
 ) -> dict[str, str]:
     """Move the nodes through the lifecycle; return the state each was last asked for.
 
@@ -188,7 +200,8 @@ def drive(
     after the fleet had already finished."""
     names = [f"chaos-{i:03d}" for i in range(plan.nodes)]
     targets = dict.fromkeys(names, "live")
-    with connect_retrying(db_url) as db:
+    # What an app does (insert, ask) it does with the app's login; the harness watches as owner.
+    with connect_retrying(app_url) as db:
         for name in names:
             db.execute(
                 "INSERT INTO nodes (name, owner, region, instance_type, network, current_version,"
@@ -203,12 +216,12 @@ def drive(
     kill_hosts(cloud, db_url, rng.sample(names, plan.dead_hosts), chaos)
     for asked, then in (("stop", "stopped"), ("update", "stopped"), ("start", "live")):
         began = time.monotonic()
-        moved = ask(db_url, targets, names, asked, then)
+        moved = ask(app_url, targets, names, asked, then)
         if asked == "update":
             chaos.updated = moved
             restart_postgres(services, chaos)
         timed_settle(db_url, targets, plan, chaos, asked, began)
-    ask(db_url, targets, names[: plan.nodes // 2], "destroy", "destroyed")
+    ask(app_url, targets, names[: plan.nodes // 2], "destroy", "destroyed")
     timed_settle(db_url, targets, plan, chaos, "destroy")
     return targets
 

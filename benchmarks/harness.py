@@ -21,8 +21,13 @@ from typing import Any, LiteralString
 import psycopg
 import redis
 from rq import Queue, Worker
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 import migrations
+from models.logins import FleetRole, create_login, drop_login
+from models.session import sqlalchemy_url
 from sim.services import Services, admin_execute, database_url, local_services
 from worker.settings import FleetSettings
 
@@ -57,9 +62,14 @@ def bench_services() -> Iterator[Bench]:
         yield Bench(services, Path(workdir))
 
 
+# Logins made for each benchmark database: database URL -> role -> the login's URL.
+_LOGINS: dict[str, dict[FleetRole, str]] = {}
+
+
 @contextmanager
 def fresh_database(bench: Bench, label: str) -> Iterator[str]:
-    """A new database, migrated to head; dropped on leaving."""
+    """A new database, migrated to head (its URL is the owner's); dropped on leaving,
+    with the logins made for it."""
     name = f"fleet_bench_{label}_{uuid.uuid4().hex[:8]}"
     admin_execute(bench.services.postgres_url, f"CREATE DATABASE {name}")
     url = database_url(bench.services.postgres_url, name)
@@ -67,7 +77,39 @@ def fresh_database(bench: Bench, label: str) -> Iterator[str]:
         migrations.upgrade(url)
         yield url
     finally:
+        drop_logins(url)
         admin_execute(bench.services.postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def drop_logins(db_url: str) -> None:
+    """Drop the logins login_url made for this database (before the database goes)."""
+    with owner_engine(db_url) as engine, engine.begin() as connection:
+        for made in _LOGINS.pop(db_url, {}).values():
+            drop_login(connection, str(make_url(made).username))
+
+
+@contextmanager
+def owner_engine(db_url: str) -> Iterator[Engine]:
+    engine = create_engine(sqlalchemy_url(db_url), poolclass=NullPool)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def login_url(db_url: str, role: FleetRole) -> str:
+    """The URL of this database's login for role (made on first use): the fleet's
+    processes run with their role's login, as in production, never as the owner."""
+    made = _LOGINS.setdefault(db_url, {})
+    if role not in made:
+        name = f"bench_{role}_{uuid.uuid4().hex[:8]}"
+        with owner_engine(db_url) as engine, engine.begin() as connection:
+            made[role] = create_login(connection, db_url, name, role, None).url.reveal()
+    return made[role]
+
+
+def role_env(env: dict[str, str], db_url: str, role: FleetRole) -> dict[str, str]:
+    return env | {"FLEET_DATABASE_URL": login_url(db_url, role)}
 
 
 def bench_settings(db_url: str, redis_url: str, **overrides: Any) -> FleetSettings:
@@ -167,10 +209,12 @@ def fleet(
     """One `fleet dispatcher` and `workers` `fleet worker` processes, ready: the workers
     registered with RQ and the dispatcher connected (listening, if configured to)."""
     env = fleet_env(config, extra_env)
+    dispatcher_env = role_env(env, config.database_url, "dispatcher")
+    worker_env = role_env(env, config.database_url, "worker")
     with processes(bench, "fleet") as started:
-        started.start("dispatcher", fleet_command("dispatcher"), env)
+        started.start("dispatcher", fleet_command("dispatcher"), dispatcher_env)
         for _ in range(workers):
-            started.start("worker", fleet_command("worker"), env)
+            started.start("worker", fleet_command("worker"), worker_env)
         wait_until(
             lambda: fleet_ready(config, workers), READY_TIMEOUT_SECONDS, "fleet start", started
         )

@@ -101,6 +101,7 @@ def _figure(
 def run(bench: Bench, sizes: LatencySizes, *, listen: bool) -> Latencies:
     with fresh_database(bench, "latency") as db_url:
         execute(db_url, CREATE_TABLE)
+        execute(db_url, "GRANT INSERT ON bench_handler_starts TO fleet_worker")
         insert_nodes(db_url, WARM_ROWS_PER_WORKER * sizes.workers, "new", prefix="warm")
         insert_nodes(db_url, sizes.rows, "new", prefix="lat")
         config = bench_settings(

@@ -44,6 +44,7 @@ from benchmarks.harness import (
     median,
     middle_rate,
     processes,
+    role_env,
     rq_command,
     scalar,
     wait_until,
@@ -205,7 +206,7 @@ def workers_only_run(bench: Bench, steps: int, workers: int) -> Run:
         config = bench_settings(db_url, bench.services.redis_url, dispatch_batch=steps)
         insert_nodes(db_url, steps // STEPS_PER_NODE, "instance", prefix="w")
         queue_all(config)
-        env = fleet_env(config)
+        env = role_env(fleet_env(config), db_url, "worker")
         with (
             processes(bench, "workers-only") as started,
             psycopg.connect(db_url, autocommit=True) as watcher,

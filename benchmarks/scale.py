@@ -138,16 +138,22 @@ def load_fleet(db_url: str, rows: int, due: int, *, waiting: bool = True) -> Non
     """rows nodes: `due` due ones spread evenly, as many waiting (if asked), the rest idle."""
     every = max(1, rows // due)
     with psycopg.connect(db_url, autocommit=True) as connection:
+        params = {"every": every, "waiting": waiting and every > 1, "rows": rows}
         connection.execute(
             "INSERT INTO nodes (name, owner, region, instance_type, network, current_version,"
-            " state, next_attempt_at)"
+            " state)"
             " SELECT 's-' || i, 'owner-' || i %% 500, 'eu-west-1', 't3.small', 'regtest', '0.9.0',"
             "  CASE WHEN i %% %(every)s = 0 OR (%(waiting)s AND i %% %(every)s = 1)"
-            "       THEN 'instance' ELSE 'new' END,"
-            "  CASE WHEN %(waiting)s AND i %% %(every)s = 1"
-            "       THEN now() + interval '1 hour' ELSE now() END"
+            "       THEN 'instance' ELSE 'new' END"
             " FROM generate_series(1, %(rows)s) i",
-            {"every": every, "waiting": waiting and every > 1, "rows": rows},
+            params,
+        )
+        # An insert is a request (its next attempt is now): postpone the waiting ones as a
+        # step that waits would.
+        connection.execute(
+            "UPDATE nodes SET next_attempt_at = now() + interval '1 hour'"
+            " WHERE %(waiting)s AND id %% %(every)s = 1",
+            params,
         )
         connection.execute("ANALYZE nodes")
 

@@ -23,7 +23,7 @@ import redis
 from rq import Queue
 
 import migrations
-from benchmarks.harness import fleet_env
+from benchmarks.harness import drop_logins, fleet_env, role_env
 from benchmarks.steps import no_op
 from sim.services import admin_execute, database_url, local_services
 from worker.dispatcher import Dispatcher
@@ -73,7 +73,9 @@ def fleet_steps(config: FleetSettings, worker_class: str, jobs: int, workers: in
         connection.execute("UPDATE nodes SET state = 'destroy'")
     broker = redis.Redis.from_url(config.redis_url)
     Dispatcher(config, broker).sweep()
-    env = fleet_env(config, {"FLEET_WORKER_CLASS": worker_class})
+    env = role_env(
+        fleet_env(config, {"FLEET_WORKER_CLASS": worker_class}), config.database_url, "worker"
+    )
     command = [sys.executable, "-m", "worker", "worker", "--burst"]
     rate = drain_rate(Queue(config.queue_name, connection=broker), [command] * workers, env)
     with psycopg.connect(config.database_url, autocommit=True) as connection:
@@ -121,6 +123,7 @@ def main() -> None:
                 results[worker_class]["fleet"].append(
                     fleet_steps(config, worker_class, args.jobs, args.workers)
                 )
+                drop_logins(config.database_url)
                 admin_execute(services.postgres_url, f"DROP DATABASE {name} WITH (FORCE)")
     print(f"{args.jobs} jobs, {args.workers} worker processes, median of {args.rounds} rounds")
     print(f"{'class':<8} {'bare RQ jobs/s':>15} {'fleet steps/s':>14} {'fleet/RQ':>9}")

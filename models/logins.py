@@ -29,9 +29,10 @@ FLEET_ROLES: Final[tuple[FleetRole, ...]] = get_args(FleetRole)
 OWNER_BOUND: Final = ("app", "reader")
 LOGIN_NAME: Final = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 PASSWORD_BYTES: Final = 24
+MIN_PASSWORD_LENGTH: Final = 16
 SCRAM_ITERATIONS: Final = 4096
 # SQLSTATEs of fleet_create_login (migrations/sql/functions.sql).
-LOGIN_REFUSED: Final = {"FL010", "FL011"}
+LOGIN_REFUSED: Final = {"FL010", "FL011", "FL012"}
 
 
 class WrongLogin(FleetError):
@@ -54,9 +55,15 @@ def parse_role(value: str) -> FleetRole:
 
 
 def create_login(
-    connection: Connection, database_url: str, name: str, role: FleetRole, owner: str | None
+    connection: Connection,
+    database_url: str,
+    name: str,
+    role: FleetRole,
+    owner: str | None,
+    password: Secret | None = None,
 ) -> NewLogin:
-    """Make the login (in the caller's transaction) and return its connection URL."""
+    """Make the login (in the caller's transaction) and return its connection URL. The
+    password is generated unless given (a deployment that keeps it in its own secrets)."""
     if not LOGIN_NAME.match(name):
         raise BadInput(
             f"bad login name {name!r}: 1-63 characters, lowercase letters, digits and '_',"
@@ -67,15 +74,34 @@ def create_login(
             raise BadInput(f"--owner goes with --role app or reader, not {role}")
         if message := problem("owner", owner):
             raise BadInput(message)
-    password = random_source.token_urlsafe(PASSWORD_BYTES)
-    params = {"login": name, "role": role, "owner": owner, "verifier": scram_verifier(password)}
+    if password is not None and len(password.reveal()) < MIN_PASSWORD_LENGTH:
+        raise BadInput(
+            f"the password of login {name} must have {MIN_PASSWORD_LENGTH} characters or more"
+        )
+    chosen = password.reveal() if password else random_source.token_urlsafe(PASSWORD_BYTES)
+    params = {"login": name, "role": role, "owner": owner, "verifier": scram_verifier(chosen)}
     try:
         connection.execute(query("create_login"), params)
     except DBAPIError as exc:
         if (message := refusal(exc, LOGIN_REFUSED)) is None:
             raise
         raise BadInput(message) from None
-    return NewLogin(name, role, owner, Secret(login_url(database_url, name, password)))
+    return NewLogin(name, role, owner, Secret(login_url(database_url, name, chosen)))
+
+
+def made_role(connection: Connection, name: str) -> str | None:
+    """The fleet role of a login create-login made for this database, if it did."""
+    return connection.execute(query("made_login"), {"login": name}).scalar()
+
+
+def drop_login(connection: Connection, name: str) -> None:
+    """Take a login away: its privileges here, then the role itself."""
+    try:
+        connection.execute(query("drop_login"), {"login": name})
+    except DBAPIError as exc:
+        if (message := refusal(exc, LOGIN_REFUSED)) is None:
+            raise
+        raise BadInput(message) from None
 
 
 def login_url(database_url: str, name: str, password: str) -> str:

@@ -32,6 +32,8 @@ QueryName = Literal[
     "owner_node_counts",
     "forget_idempotency_keys",
     "create_login",
+    "drop_login",
+    "made_login",
     "session_login",
     "fleet_id",
 ]

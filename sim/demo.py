@@ -15,6 +15,7 @@ import base64
 import hashlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -60,11 +61,13 @@ def main() -> None:
         cloud = stack.enter_context(simulated_cloud(work))
         env = fleet_environment(cloud, db_url, services.redis_url, work)
         fleet(env, "db", "upgrade")
-        fleet(env, "release", "add", RELEASE, f"s3://releases/rln-{RELEASE}.tar.gz",
-              hashlib.sha256(ARTIFACT).hexdigest())  # fmt: skip
-        stack.enter_context(fleet_processes(env, args.workers, work))
-        api = stack.enter_context(running_api(env, work))
-        ok = play(db_url, [f"demo-{i:02d}" for i in range(1, args.nodes + 1)], api)
+        urls = stack.enter_context(fleet_logins(env))
+        artifact = f"s3://releases/rln-{RELEASE}.tar.gz"
+        sha256 = hashlib.sha256(ARTIFACT).hexdigest()
+        fleet(as_login(env, urls, "operator"), "release", "add", RELEASE, artifact, sha256)
+        stack.enter_context(fleet_processes(env, urls, args.workers, work))
+        api = stack.enter_context(running_api(as_login(env, urls, "api"), work))
+        ok = play(urls["app"], [f"demo-{i:02d}" for i in range(1, args.nodes + 1)], api)
         console.print(f"\nlogs of the fleet's processes: {work} (removed on exit)")
     raise SystemExit(0 if ok else 1)
 
@@ -135,16 +138,44 @@ def fleet(env: dict[str, str], *args: str) -> None:
 
 
 @contextmanager
-def fleet_processes(env: dict[str, str], workers: int, work: Path) -> Iterator[None]:
+def fleet_logins(env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """A login for each role the demo plays, made as an operator would with `fleet db
+    create-login` (env's database URL is the schema owner's), dropped on leaving. The
+    fleet's processes refuse to run as the owner or a superuser."""
+    suffix = secrets.token_hex(3)
+    urls: dict[str, str] = {}
+    try:
+        for role in ("operator", "app", "api", "worker", "dispatcher"):
+            made = subprocess.run(
+                [sys.executable, "-m", "worker", "db", "create-login", f"demo_{role}_{suffix}",
+                 "--role", role],
+                env=env, check=True, capture_output=True, text=True,
+            )  # fmt: skip
+            urls[role] = made.stdout.strip()
+        yield urls
+    finally:
+        for role in urls:
+            subprocess.run(
+                [sys.executable, "-m", "worker", "db", "drop-login", f"demo_{role}_{suffix}"],
+                env=env, check=False, capture_output=True,
+            )  # fmt: skip
+
+
+def as_login(env: dict[str, str], urls: dict[str, str], role: str) -> dict[str, str]:
+    return env | {"FLEET_DATABASE_URL": urls[role]}
+
+
+@contextmanager
+def fleet_processes(
+    env: dict[str, str], urls: dict[str, str], workers: int, work: Path
+) -> Iterator[None]:
     processes = []
     for role, count in (("dispatcher", 1), ("worker", workers)):
         for number in range(count):
             with open(work / f"{role}-{number}.log", "ab") as log:
-                processes.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "worker", role], env=env, stdout=log, stderr=log
-                    )
-                )
+                command = [sys.executable, "-m", "worker", role]
+                login = as_login(env, urls, role)
+                processes.append(subprocess.Popen(command, env=login, stdout=log, stderr=log))
     console.print(f"fleet up: 1 dispatcher, {workers} workers")
     try:
         yield

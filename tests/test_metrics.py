@@ -9,7 +9,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from sim.services import free_port
-from tests.conftest import add_nodes, fetch, wait_until
+from tests.conftest import add_nodes, fetch, role_url, wait_until
 from worker.dispatcher import Dispatcher
 
 StartWorker = Callable[..., subprocess.Popen[bytes]]
@@ -48,6 +48,7 @@ def test_a_worker_serves_step_metrics(
 
 
 def test_the_dispatcher_serves_nodes_per_state(fleet_env: dict[str, str], db_url: str) -> None:
+    fleet_env = {**fleet_env, "FLEET_DATABASE_URL": role_url(db_url, "dispatcher")}
     add_nodes(db_url, ["ok-d1", "ok-d2"])
     add_nodes(db_url, ["ok-d3"], state="new")
     port = free_port()

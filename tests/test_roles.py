@@ -90,8 +90,10 @@ def owner_login(fleet: Fleet, db_url: str) -> Iterator[str]:
     assert made.returncode == 0, made.stderr
     assert "shown once" in made.stderr
     yield made.stdout.strip()
-    admin_execute(db_url, f"DROP OWNED BY {name}")
-    admin_execute(db_url.rsplit("/", 1)[0] + "/postgres", f"DROP ROLE {name}")
+    dropped = fleet("db", "drop-login", name)
+    assert dropped.returncode == 0, dropped.stderr
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(made.stdout.strip()).close()
 
 
 @pytest.mark.parametrize("attack", sorted(FORBIDDEN_FOR_APPS))
@@ -285,6 +287,14 @@ def test_create_login_refuses_bad_input(fleet: Fleet, args: list[str], says: str
     assert result.stdout == ""
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("error: ") and says in line
+
+
+@pytest.mark.parametrize("name", ["postgres", "nobody_here"])
+def test_drop_login_takes_only_logins_it_made(fleet: Fleet, name: str) -> None:
+    result = fleet("db", "drop-login", name)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line == f"error: no login named {name} was made for this database"
 
 
 def test_a_made_login_connects_as_itself_with_its_role(owner_login: str) -> None:

@@ -2,6 +2,7 @@
 
 import getpass
 import json
+import os
 import signal
 import sys
 import threading
@@ -119,15 +120,41 @@ def db_create_login(
     owner: Annotated[
         str | None, typer.Option(help="Bind an app or reader login to this owner's nodes")
     ] = None,
+    password_env: Annotated[
+        str | None,
+        typer.Option(help="Take the password from this environment variable (deployments)"),
+    ] = None,
+    if_missing: Annotated[
+        bool, typer.Option("--if-missing", help="Do nothing if this login exists with this role")
+    ] = False,
 ) -> None:
     """Make a database login with one fleet role; print its connection URL (shown once)."""
     url = settings().owner_url()
+    fleet_role = logins.parse_role(role)
+    password = None
+    if password_env is not None:
+        if not os.environ.get(password_env):
+            raise BadInput(f"--password-env {password_env}: that variable is not set")
+        password = secrets.Secret(os.environ[password_env])
     engine = engine_for(url, f"fleet-cli:{getpass.getuser()}"[:63])
     with transaction(engine) as session:
-        made = logins.create_login(session.connection(), url, name, logins.parse_role(role), owner)
+        existing = logins.made_role(session.connection(), name)
+        if if_missing and existing == fleet_role:
+            typer.echo(f"login {name} exists with role {role}: left as it is", err=True)
+            return
+        made = logins.create_login(session.connection(), url, name, fleet_role, owner, password)
     bound = f", bound to owner {owner}" if owner else ""
     typer.echo(f"login {name} made with role {role}{bound}; its URL is shown once:", err=True)
     typer.echo(made.url.reveal())
+
+
+@db_app.command("drop-login")
+def db_drop_login(name: str) -> None:
+    """Take away a login made by create-login (its sessions end when they disconnect)."""
+    engine = engine_for(settings().owner_url(), f"fleet-cli:{getpass.getuser()}"[:63])
+    with transaction(engine) as session:
+        logins.drop_login(session.connection(), name)
+    out.print(f"login {name} dropped")
 
 
 @node_app.command("create")

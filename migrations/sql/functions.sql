@@ -200,3 +200,18 @@ BEGIN
     EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), login_name);
 END
 $$;
+
+-- `fleet db drop-login`: take a login away (leaked credentials, an app retired). Only
+-- logins this database's create-login made; run by the schema owner.
+CREATE OR REPLACE FUNCTION fleet_drop_login(login_name text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM fleet_logins WHERE login = login_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no login named % was made for this database', login_name
+            USING ERRCODE = 'FL012';
+    END IF;
+    EXECUTE format('DROP OWNED BY %I', login_name);
+    EXECUTE format('DROP ROLE %I', login_name);
+END
+$$;
