@@ -260,6 +260,23 @@ def test_a_pickled_job_hash_is_never_unpickled(
 
 
 @pytest.mark.parametrize("worker_class", ["simple"])
+def test_a_job_hash_rq_cannot_parse_does_not_stop_the_worker(
+    broker: redis.Redis, config: FleetSettings, db_url: str, running_worker: RunningWorker
+) -> None:
+    """RQ parses a job's fields as it dequeues it: one it cannot parse raised out of the
+    dequeue and ended the worker, and again after every restart."""
+    job_id = f"planted-garbled-{uuid.uuid4().hex[:10]}"
+    step = json.dumps([STEP_FUNCTION, None, [1, "instance", 0], {}]).encode()
+    broker.hset(f"rq:job:{job_id}", mapping={
+        "data": zlib.compress(step), "status": "queued", "origin": config.queue_name,
+        "result_ttl": "not a number", "dependency_ids": "not json",
+    })  # fmt: skip
+    broker.rpush(f"rq:queue:{config.queue_name}", job_id)
+    assert_refused(broker, config, running_worker, [job_id], "unreadable")
+    assert_still_serves_steps(db_url, config, broker, running_worker)
+
+
+@pytest.mark.parametrize("worker_class", ["simple"])
 def test_a_step_job_with_bad_arguments_or_callbacks_is_refused(
     broker: redis.Redis,
     config: FleetSettings,

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 from redis import Redis
 from rq import Queue
-from rq.exceptions import DeserializationError
+from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.utils import utcformat
@@ -47,6 +47,18 @@ class StepJob(Job):
         self, id: str | None = None, connection: Redis | None = None, serializer: object = None
     ) -> None:
         super().__init__(id, connection, serializer=JSONSerializer)
+
+    unreadable: str | None = None
+
+    def restore(self, raw_data: Any) -> None:
+        # A field RQ cannot parse (result_ttl=abc) raised out of the dequeue and ended the
+        # worker, and again after each restart: keep what was read, so it can be refused.
+        try:
+            super().restore(raw_data)
+        except NoSuchJobError:
+            raise
+        except Exception as exc:  # noqa: BLE001  # whatever a garbled hash makes RQ raise
+            self.unreadable = f"{type(exc).__name__}: {str(exc)[:100]}"
 
     @property
     def func(self) -> Callable[..., Any]:
@@ -78,6 +90,8 @@ def step_queue(redis: Redis, name: str) -> Queue:
 
 def refusal(job: Job) -> str | None:
     """Why this job is not a run of a fleet step, or None if it is one."""
+    if isinstance(job, StepJob) and job.unreadable:
+        return f"its hash is unreadable ({job.unreadable})"
     try:
         func_name, instance, args, kwargs = job.func_name, job.instance, job.args, job.kwargs
     except DeserializationError:
