@@ -43,12 +43,13 @@ class StepJob(Job):
     """An RQ job that is JSON whatever serializer it is handed, whose function can only
     be run_step, and that has no callbacks or webhooks."""
 
+    # Set when RQ could not parse the job's hash: the worker refuses such a job.
+    unreadable: str | None = None
+
     def __init__(
         self, id: str | None = None, connection: Redis | None = None, serializer: object = None
     ) -> None:
         super().__init__(id, connection, serializer=JSONSerializer)
-
-    unreadable: str | None = None
 
     def restore(self, raw_data: Any) -> None:
         # A field RQ cannot parse (result_ttl=abc) raised out of the dequeue and ended the
@@ -58,7 +59,7 @@ class StepJob(Job):
         except NoSuchJobError:
             raise
         except Exception as exc:  # noqa: BLE001  # whatever a garbled hash makes RQ raise
-            self.unreadable = f"{type(exc).__name__}: {str(exc)[:100]}"
+            self.unreadable = f"{type(exc).__name__}: {' '.join(str(exc).split())[:100]}"
 
     @property
     def func(self) -> Callable[..., Any]:
