@@ -195,7 +195,8 @@ def fleet_command(role: str) -> list[str]:
 
 
 def rq_command(redis_url: str, queue_name: str, *, burst: bool) -> list[str]:
-    """A bare RQ SimpleWorker, as the fleet's default worker class."""
+    """A bare RQ SimpleWorker, as the fleet's default worker class (with RQ's default
+    pickle serializer: the reference measures RQ itself, not the fleet's JSON jobs)."""
     rq_bin = str(Path(sys.executable).parent / "rq")
     burst_flag = ["--burst"] if burst else []
     return [rq_bin, "worker", *burst_flag, "--url", redis_url, "--worker-class",

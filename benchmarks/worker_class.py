@@ -50,6 +50,8 @@ def drain_rate(queue: Queue, commands: list[list[str]], env: dict[str, str]) -> 
 
 
 def bare_rq(redis_url: str, worker_class: str, jobs: int, workers: int) -> float:
+    # RQ as it comes, default (pickle) serializer and stock worker classes: the reference
+    # measures RQ itself. Fleet workers take only JSON step jobs (worker/step_job.py).
     queue = Queue(f"bare-{uuid.uuid4().hex[:6]}", connection=redis.Redis.from_url(redis_url))
     for _ in range(jobs):
         queue.enqueue(no_op, result_ttl=0)

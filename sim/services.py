@@ -7,6 +7,7 @@ this order:
 
 import glob
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
 import redis
@@ -75,9 +77,14 @@ def _postgres_container(workdir: Path) -> Iterator[str]:
 def _redis_container(workdir: Path) -> Iterator[str]:
     from testcontainers.redis import RedisContainer
 
-    with RedisContainer("redis:7") as container:
-        host = container.get_container_host_ip()
-        yield f"redis://{host}:{container.get_exposed_port(6379)}/0"
+    # The image's default user gets a password nobody is handed (testcontainers waits
+    # for the server with it); the fleet's user is the one in the URL.
+    password, unused = secrets.token_hex(16), secrets.token_hex(16)
+    server = RedisContainer("redis:7", password=unused)
+    server.with_command(" ".join(["redis-server", "--requirepass", unused, *fleet_user(password)]))
+    with server as container:
+        host, port = container.get_container_host_ip(), container.get_exposed_port(6379)
+        yield f"redis://{REDIS_USER}:{password}@{host}:{port}/0"
 
 
 def free_port() -> int:
@@ -151,37 +158,85 @@ def _local_postgres(workdir: Path) -> Iterator[LocalPostgres]:
         server.remove()
 
 
-def start_redis_server(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+REDIS_USER = "fleet"
+
+
+class RedisDidNotStart(NoServices):
+    pass
+
+
+@dataclass(frozen=True)
+class RedisTls:
+    """A Redis that speaks only TLS: the CA its clients verify it with, its certificate
+    and key."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def redis_url_for(port: int, password: str, tls: RedisTls | None = None) -> str:
+    """The URL of a server started here, credentials included; with TLS the CA travels
+    as redis-py's ssl_ca_certs query argument."""
+    address = f"{REDIS_USER}:{password}@127.0.0.1:{port}/0"
+    if tls is None:
+        return f"redis://{address}"
+    return f"rediss://{address}?ssl_ca_certs={quote(str(tls.ca))}"
+
+
+def redis_users(password: str) -> list[str]:
+    """redis-server options: the default user off, one password-protected user for the
+    fleet (as in docker-compose.yml)."""
+    return ["--user", "default", "off", *fleet_user(password)]
+
+
+def fleet_user(password: str) -> list[str]:
+    return ["--user", REDIS_USER, "on", f">{password}", "~*", "&*", "+@all"]
+
+
+def start_redis_server(
+    port: int, workdir: Path, password: str, tls: RedisTls | None = None
+) -> subprocess.Popen[bytes]:
     server = shutil.which("redis-server")
     if server is None:
         raise NoServices(
             "no Redis for the tests: set FLEET_TEST_REDIS_URL, start a Docker engine, "
             "or install redis-server"
         )
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    _wait_for_redis(f"redis://127.0.0.1:{port}/0")
+    listen = ["--port", str(port)]
+    if tls is not None:
+        listen = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(tls.cert),
+                  "--tls-key-file", str(tls.key), "--tls-ca-cert-file", str(tls.ca),
+                  "--tls-auth-clients", "no"]  # fmt: skip
+    log = workdir / f"redis-{port}.log"
+    with open(log, "ab") as output:
+        process = subprocess.Popen(
+            [server, *listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(workdir), *redis_users(password)],
+            stdout=output, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    _wait_for_redis(redis_url_for(port, password, tls), process, log)
     return process
 
 
 @contextmanager
 def _local_redis(workdir: Path) -> Iterator[str]:
-    port = free_port()
-    process = start_redis_server(port, workdir)
+    port, password = free_port(), secrets.token_hex(16)
+    process = start_redis_server(port, workdir, password)
     try:
-        yield f"redis://127.0.0.1:{port}/0"
+        yield redis_url_for(port, password)
     finally:
         process.terminate()
         process.wait(timeout=10)
 
 
-def _wait_for_redis(url: str) -> None:
+def _wait_for_redis(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
     client = redis.Redis.from_url(url)
     deadline = time.monotonic() + 10
     while True:
+        if process.poll() is not None:
+            said = log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise RedisDidNotStart(f"redis-server exited: {' / '.join(said)}")
         try:
             client.ping()
             return

@@ -1,19 +1,25 @@
 """The container setup: docker-compose.yml and the Dockerfile, checked without Docker."""
 
 import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+import redis
 import yaml
+
+from sim.services import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "docker-compose.yml"
@@ -85,18 +91,28 @@ def docker_compose_available() -> bool:
 # --- docker compose itself --------------------------------------------------------------
 
 
-def test_docker_compose_accepts_the_file() -> None:
-    if not docker_compose_available():
-        pytest.skip("`docker compose version` fails here: no Docker Compose to validate with")
-    result = subprocess.run(
+def compose_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         ["docker", "compose", "-f", str(COMPOSE), "config", "-q"],
         cwd=REPO,
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+def test_docker_compose_accepts_the_file() -> None:
+    if not docker_compose_available():
+        pytest.skip("`docker compose version` fails here: no Docker Compose to validate with")
+    env = {k: v for k, v in os.environ.items() if k != "FLEET_REDIS_PASSWORD"}
+    result = compose_config({**env, "FLEET_REDIS_PASSWORD": "0123abcd"})
     assert result.returncode == 0, result.stderr
+    refused = compose_config(env)  # .env in REPO could still supply it: then it passes
+    if not (REPO / ".env").exists():
+        assert refused.returncode != 0
+        assert "FLEET_REDIS_PASSWORD" in refused.stderr
 
 
 # --- docker-compose.yml -----------------------------------------------------------------
@@ -211,6 +227,99 @@ def test_the_database_url_matches_the_postgres_service() -> None:
     assert url.password == pg["POSTGRES_PASSWORD"]
     assert url.path.lstrip("/") == pg.get("POSTGRES_DB", url.username)
     assert url.port in {None, 5432}
+
+
+# --- Redis needs a password -------------------------------------------------------------
+
+PASSWORD_VARIABLE = "FLEET_REDIS_PASSWORD"
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error}; a missing required one raises."""
+
+    def one(match: re.Match[str]) -> str:
+        name, operator, word = match.group(1), match.group(2) or "", match.group(3) or ""
+        if env.get(name):
+            return env[name]
+        if operator == ":?":
+            raise KeyError(f"{name}: {word}")
+        return word if operator == ":-" else ""
+
+    return re.sub(r"\$\{(\w+)(?:(:[-?])([^}]*))?\}", one, value)
+
+
+def redis_urls() -> dict[str, str]:
+    return {
+        "shared": str(compose()[SHARED_ENV]["FLEET_REDIS_URL"]),
+        "demo": environment(service("demo"))["FLEET_REDIS_URL"],
+    }
+
+
+def test_redis_needs_a_password() -> None:
+    """The default user is off, the fleet's user has the required variable as password,
+    and every URL handed out logs in as that user with it."""
+    command = as_argv(service("redis")["command"])
+    assert command[:4] == ["redis-server", "--user", "default", "off"]
+    fleet_user = command[4:]
+    assert fleet_user[:3] == ["--user", "fleet", "on"]
+    [password] = [part[1:] for part in fleet_user if part.startswith(">")]
+    assert password.startswith(f"${{{PASSWORD_VARIABLE}:?"), "the password must be required"
+    with pytest.raises(KeyError, match=PASSWORD_VARIABLE):
+        interpolate(password, {})
+    for name, url in redis_urls().items():
+        parts = urlsplit(url)
+        assert parts.hostname == "redis", name
+        assert parts.username == "fleet", name
+        assert parts.password == f"${{{PASSWORD_VARIABLE}}}", name
+    # The healthcheck logs in too: without it, it would report a healthy Redis it cannot use.
+    assert "--user" in as_argv(service("redis")["healthcheck"]["test"])
+    assert environment(service("redis"))["REDISCLI_AUTH"].startswith(f"${{{PASSWORD_VARIABLE}:?")
+
+
+@pytest.fixture
+def compose_redis(tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    """The compose file's redis command, run by the redis-server installed here."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("no redis-server here to run the compose file's redis command with")
+    env = {PASSWORD_VARIABLE: "3f1c" * 8}
+    command = [interpolate(part, env) for part in as_argv(service("redis")["command"])]
+    port = free_port()
+    process = subprocess.Popen(
+        [server, *command[1:], "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        yield port, env
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_the_compose_redis_lets_in_only_the_fleet_user(
+    compose_redis: tuple[int, dict[str, str]],
+) -> None:
+    port, env = compose_redis
+    anonymous = redis.Redis(host="127.0.0.1", port=port)
+    for _ in range(100):  # until it listens
+        try:
+            anonymous.ping()
+        except redis.AuthenticationError:
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    else:
+        pytest.fail("the compose redis command never answered, or answered without a password")
+    for name, url in redis_urls().items():
+        parts = urlsplit(interpolate(url, env))
+        here = parts._replace(netloc=f"{parts.username}:{parts.password}@127.0.0.1:{port}")
+        assert redis.Redis.from_url(urlunsplit(here)).ping(), name
+    check = as_argv(service("redis")["healthcheck"]["test"])[1:]
+    check_env = {k: interpolate(v, env) for k, v in environment(service("redis")).items()}
+    argv = [check[0], "-p", str(port), *check[1:]]
+    assert subprocess.run(argv, env=check_env, capture_output=True, check=False).returncode == 0
+    assert subprocess.run(argv, env={}, capture_output=True, check=False).returncode != 0
 
 
 def fleet_help(argv: list[str]) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,7 @@ import psycopg
 import redis
 from rq import Queue
 
-from sim.services import free_port, start_redis_server
+from sim.services import free_port, redis_url_for, start_redis_server
 from tests.conftest import add_nodes, fetch, wait_until
 from worker.dispatcher import Dispatcher
 from worker.settings import FleetSettings
@@ -113,9 +113,9 @@ def test_an_expired_lease_is_taken_back_and_counted(config: FleetSettings, db_ur
 def test_dispatcher_outlives_a_redis_outage(
     config: FleetSettings, db_url: str, tmp_path: Path
 ) -> None:
-    port = free_port()
-    server = start_redis_server(port, tmp_path)
-    own = config.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"})
+    port, password = free_port(), "outage"
+    server = start_redis_server(port, tmp_path, password)
+    own = config.model_copy(update={"redis_url": redis_url_for(port, password)})
     running = Dispatcher(own, redis.Redis.from_url(own.redis_url))
     stop = threading.Event()
     thread = threading.Thread(target=running.run, args=(stop,), daemon=True)
@@ -127,7 +127,7 @@ def test_dispatcher_outlives_a_redis_outage(
         add_nodes(db_url, ["patient"])
         time.sleep(2)
         assert thread.is_alive()  # it keeps retrying instead of dying
-        server = start_redis_server(port, tmp_path)
+        server = start_redis_server(port, tmp_path, password)
         wait_until(lambda: len(queued_job_ids(own)) == 1, 10, "the job is queued")
     finally:
         stop.set()

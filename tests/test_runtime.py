@@ -17,6 +17,7 @@ from worker.dispatcher import Dispatcher
 from worker.queue import DueStep
 from worker.runtime import run_step
 from worker.settings import FleetSettings
+from worker.step_job import step_queue
 
 StartWorker = Callable[..., subprocess.Popen[bytes]]
 Fleet = Callable[..., subprocess.CompletedProcess[str]]
@@ -71,7 +72,7 @@ def test_two_copies_of_one_job_run_the_step_once(
     config: FleetSettings, db_url: str, start_worker: StartWorker
 ) -> None:
     [node_id] = add_nodes(db_url, ["slow-twice"])
-    queue = Queue(config.queue_name, connection=redis.Redis.from_url(config.redis_url))
+    queue = step_queue(redis.Redis.from_url(config.redis_url), config.queue_name)
     run = DueStep(node_id, "instance", 0)
     # At-least-once delivery: the same run arrives twice (RQ itself would refuse the
     # same id twice, so the copy gets its own id).

@@ -15,6 +15,7 @@ from rq.job import Job, JobStatus
 from rq.utils import utcformat
 
 from worker.queue import DueStep, StepQueue
+from worker.step_job import StepJob
 
 LEASE_SECONDS = 60.0
 STEP = DueStep(node_id=7, state="key", step_run=3)
@@ -43,7 +44,7 @@ def test_a_queued_run_is_not_queued_again(steps: StepQueue) -> None:
 
 def test_a_finished_and_deleted_job_is_replaced(steps: StepQueue) -> None:
     assert steps.enqueue(STEP)
-    Job.fetch(STEP.job_id, connection=steps.queue.connection).delete()
+    StepJob.fetch(STEP.job_id, connection=steps.queue.connection).delete()
     assert steps.enqueue(STEP)
     assert queued(steps) == [STEP.job_id]
 
@@ -52,7 +53,7 @@ def test_a_failed_job_is_replaced(steps: StepQueue) -> None:
     assert steps.enqueue(STEP)
     steps.queue.connection.hset(job_hash(steps), "status", JobStatus.FAILED.value)
     assert steps.enqueue(STEP)
-    assert Job.fetch(STEP.job_id, connection=steps.queue.connection).get_status() == "queued"
+    assert StepJob.fetch(STEP.job_id, connection=steps.queue.connection).get_status() == "queued"
 
 
 @pytest.mark.parametrize(("started_ago", "replaced"), [(1.0, False), (2 * LEASE_SECONDS, True)])
@@ -76,13 +77,13 @@ def test_a_job_that_vanishes_while_looked_at_is_queued_again(
     time the dispatcher fetches it a worker has finished and deleted it."""
     assert steps.enqueue(STEP)
     steps.queue.connection.hset(job_hash(steps), "status", JobStatus.FAILED.value)
-    real_fetch = Job.fetch
+    real_fetch = StepJob.fetch
 
     def fetch_after_delete(job_id: str, connection: redis.Redis) -> Job:
         real_fetch(job_id, connection=connection).delete()
         return real_fetch(job_id, connection=connection)
 
-    monkeypatch.setattr(Job, "fetch", staticmethod(fetch_after_delete))
+    monkeypatch.setattr(StepJob, "fetch", staticmethod(fetch_after_delete))
     assert steps.enqueue(STEP)
     assert queued(steps) == [STEP.job_id]
 

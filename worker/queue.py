@@ -3,22 +3,21 @@
 The job id names the run (node, state, step_run). RQ's `unique=True` enqueue is atomic
 in Redis, so any number of dispatchers and sweeps queue a run once. A job of that id
 that can no longer run (failed, or started by a worker that died before its claim) is
-replaced."""
+replaced. Jobs are JSON, naming run_step with ids only (worker/step_job.py)."""
 
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from redis import Redis
-from rq import Queue
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.utils import as_text, str_to_date
 
 from worker.runtime import run_step
+from worker.step_job import FAILED_JOB_TTL_SECONDS, StepJob, step_queue
 
 LIVE_STATUSES = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
-FAILED_JOB_TTL_SECONDS = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ class StepQueue:
         lease_seconds: float,
         recheck_seconds: float = 0.0,
     ) -> None:
-        self.queue = Queue(name, connection=redis)
+        self.queue = step_queue(redis, name)
         self._step_timeout = step_timeout
         self._claim_grace = timedelta(seconds=lease_seconds)
         self._recheck_seconds = recheck_seconds
@@ -72,7 +71,7 @@ class StepQueue:
         return job_id in self._known
 
     def _enqueue_unless_live(self, step: DueStep) -> bool:
-        # The common answer costs one HMGET, not a Job built and pickled for an enqueue
+        # The common answer costs one HMGET, not a Job built and encoded for an enqueue
         # that Redis refuses. The atomic unique enqueue below still decides every race.
         if self._still_runs(*self._status(step.job_id)):
             return False
@@ -118,7 +117,7 @@ class StepQueue:
 
     def _fetch(self, job_id: str) -> Job | None:
         try:
-            return Job.fetch(job_id, connection=self.queue.connection)
+            return StepJob.fetch(job_id, connection=self.queue.connection)
         except NoSuchJobError:
             # It finished between the two calls (result_ttl=0 deletes it). Queuing the run
             # again is safe: if it was done, the copy's claim finds the row changed.
