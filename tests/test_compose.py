@@ -29,6 +29,7 @@ SERVICES = {"postgres", "redis", "migrate", "dispatcher", "worker"}
 APP_SERVICES = {"migrate", "dispatcher", "worker"}
 LONG_RUNNING = {"dispatcher", "worker"}
 SHARED_ENV = "x-fleet-env"
+REQUIRED_PASSWORDS = ("REDIS", "WORKER_DB", "DISPATCHER_DB", "API_DB")
 
 
 @cache
@@ -106,8 +107,9 @@ def compose_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 def test_docker_compose_accepts_the_file() -> None:
     if not docker_compose_available():
         pytest.skip("`docker compose version` fails here: no Docker Compose to validate with")
-    env = {k: v for k, v in os.environ.items() if k != "FLEET_REDIS_PASSWORD"}
-    result = compose_config({**env, "FLEET_REDIS_PASSWORD": "0123abcd"})
+    passwords = {f"FLEET_{v}_PASSWORD": "0123abcd" * 2 for v in REQUIRED_PASSWORDS}
+    env = {k: v for k, v in os.environ.items() if k not in passwords}
+    result = compose_config({**env, **passwords})
     assert result.returncode == 0, result.stderr
     refused = compose_config(env)  # .env in REPO could still supply it: then it passes
     if not (REPO / ".env").exists():
@@ -151,7 +153,7 @@ def test_no_app_service_has_a_fixed_name_or_host_port() -> None:
 def test_migrate_runs_once() -> None:
     migrate = service("migrate")
     assert migrate.get("restart") == "no", "restart must be the string 'no' (quoted in YAML)"
-    assert as_argv(migrate["command"]) == ["db", "upgrade"]
+    assert migrate_commands()[0] == ["db", "upgrade"]
     assert depends_on(migrate).get("postgres") == "service_healthy"
 
 
@@ -213,20 +215,50 @@ def test_the_shared_environment() -> None:
     assert isinstance(shared, dict), f"{SHARED_ENV} holds the app services' environment"
     for key in shared:
         assert str(key).startswith("FLEET_"), key
-    assert urlsplit(str(shared["FLEET_DATABASE_URL"])).hostname == "postgres"
+    assert "FLEET_DATABASE_URL" not in shared, "each process has a login of its own"
     assert urlsplit(str(shared["FLEET_REDIS_URL"])).hostname == "redis"
     assert shared["FLEET_LOG_FORMAT"] == "json"
     for name in APP_SERVICES:
-        assert environment(service(name)) == environment({"environment": shared}), name
+        own = environment(service(name))
+        assert {k: v for k, v in own.items() if k in shared} == environment(
+            {"environment": shared}
+        ), name
+        assert urlsplit(own["FLEET_DATABASE_URL"]).hostname == "postgres", name
 
 
-def test_the_database_url_matches_the_postgres_service() -> None:
-    url = urlsplit(str(compose()[SHARED_ENV]["FLEET_DATABASE_URL"]))
+def migrate_commands() -> list[list[str]]:
+    """The `fleet` commands the migrate service's shell line runs, in order."""
+    migrate = service("migrate")
+    assert as_argv(migrate["entrypoint"]) == ["sh", "-ec"]
+    [line] = migrate["command"]
+    commands = [shlex.split(part) for part in str(line).split("&&")]
+    assert all(argv[0] == "fleet" for argv in commands), commands
+    return [argv[1:] for argv in commands]
+
+
+def test_only_migrate_connects_as_the_owner() -> None:
+    """The owner's URL is the postgres service's own user; every long-running process
+    connects with a login that migrate makes for its role, with a required password."""
     pg = environment(service("postgres"))
-    assert url.username == pg.get("POSTGRES_USER", "postgres")
-    assert url.password == pg["POSTGRES_PASSWORD"]
-    assert url.path.lstrip("/") == pg.get("POSTGRES_DB", url.username)
-    assert url.port in {None, 5432}
+    owner = urlsplit(environment(service("migrate"))["FLEET_DATABASE_URL"])
+    assert owner.username == pg.get("POSTGRES_USER", "postgres")
+    assert owner.password == pg["POSTGRES_PASSWORD"]
+    assert owner.path.lstrip("/") == pg.get("POSTGRES_DB", owner.username)
+    made = {
+        argv[2]: (argv[argv.index("--role") + 1], argv[argv.index("--password-env") + 1])
+        for argv in migrate_commands()
+        if argv[:2] == ["db", "create-login"]
+    }
+    assert migrate_commands()[0] == ["db", "upgrade"]
+    for name, role in (("worker", "worker"), ("dispatcher", "dispatcher"), ("api", "api")):
+        url = urlsplit(environment(service(name))["FLEET_DATABASE_URL"])
+        assert url.username in made, f"{name} connects as {url.username}, which migrate never makes"
+        made_role, variable = made[str(url.username)]
+        assert made_role == role, name
+        assert url.password == f"${{{variable}}}", name
+        required = environment(service("migrate"))[variable]
+        assert required.startswith(f"${{{variable}:?"), f"{variable} must be required"
+        assert url.path.lstrip("/") == owner.path.lstrip("/"), name
 
 
 # --- Redis needs a password -------------------------------------------------------------
@@ -334,7 +366,8 @@ def fleet_help(argv: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def test_app_commands_are_real_fleet_subcommands() -> None:
-    commands = [as_argv(service(name)["command"]) for name in sorted(APP_SERVICES)]
+    commands = [as_argv(service(name)["command"]) for name in sorted(APP_SERVICES - {"migrate"})]
+    commands += migrate_commands()
     commands.append(dockerfile_instruction_args("CMD"))
     for argv in commands:
         result = fleet_help(argv)

@@ -330,3 +330,27 @@ def test_the_rules_files_can_be_applied_again_without_change(db_url: str) -> Non
         for name in ("functions.sql", "privileges.sql"):
             connection.execute((sql / name).read_text())
     assert rules() == before
+
+
+def test_a_deployment_keeps_its_own_password_and_can_run_create_login_again(
+    fleet: Fleet, operator_env: dict[str, str], db_url: str
+) -> None:
+    """compose's migrate service: --password-env, and --if-missing on every start. The
+    password reaches Postgres only as a SCRAM verifier and is never printed."""
+    name, password = f"deploy_{uuid.uuid4().hex[:8]}", "s3cret-" + uuid.uuid4().hex
+    command = [sys.executable, "-m", "worker", "db", "create-login", name, "--role", "worker",
+               "--password-env", "DEPLOY_DB_PASSWORD", "--if-missing"]  # fmt: skip
+    env = {**operator_env, "DEPLOY_DB_PASSWORD": password}
+    for _ in range(2):
+        made = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        assert made.returncode == 0, made.stderr
+        assert password not in made.stdout + made.stderr
+    assert "left as it is" in made.stderr
+    [(stored,)] = fetch(db_url, "SELECT rolpassword FROM pg_authid WHERE rolname = %s", name)
+    assert stored.startswith("SCRAM-SHA-256$4096:") and password not in stored
+    other_role = [*command[:7], "dispatcher", *command[8:]]
+    refused = subprocess.run(other_role, env=env, capture_output=True, text=True, check=False)
+    assert refused.returncode == 2 and "already exists" in refused.stderr
+    unset = subprocess.run(command, env=operator_env, capture_output=True, text=True, check=False)
+    assert unset.returncode == 2 and "DEPLOY_DB_PASSWORD" in unset.stderr
+    assert fleet("db", "drop-login", name).returncode == 0

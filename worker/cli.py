@@ -144,6 +144,10 @@ def db_create_login(
             return
         made = logins.create_login(session.connection(), url, name, fleet_role, owner, password)
     bound = f", bound to owner {owner}" if owner else ""
+    if password is not None:
+        # The deployment keeps the password itself: nothing to show, nothing in its logs.
+        typer.echo(f"login {name} made with role {role}{bound}", err=True)
+        return
     typer.echo(f"login {name} made with role {role}{bound}; its URL is shown once:", err=True)
     typer.echo(made.url.reveal())
 
