@@ -10,7 +10,7 @@ from datetime import datetime
 
 import psycopg
 import redis
-from rq import Queue
+from rq import Queue, Worker
 
 from tests.conftest import add_nodes, fetch, wait_until
 from worker.dispatcher import Dispatcher
@@ -238,8 +238,11 @@ def test_a_node_that_waits_too_long_is_held_with_what_it_waited_for(
     start_worker: StartWorker,
     fleet: Fleet,
 ) -> None:
-    [node_id] = add_nodes(db_url, ["stuck-api"])
     start_worker(env={"FLEET_WAIT_LIMIT_SECONDS": "2"})
+    # The limit counts from the node's creation: a worker still starting up would eat it.
+    queue = Queue(config.queue_name, connection=redis.Redis.from_url(config.redis_url))
+    wait_until(lambda: Worker.count(queue=queue) == 1, 60, "the worker is up")
+    [node_id] = add_nodes(db_url, ["stuck-api"])
 
     def holds() -> list[tuple[datetime, str]]:
         return fetch(
