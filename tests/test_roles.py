@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 
 import migrations
 from models.logins import FleetRole
-from sim.services import admin_execute, database_url
+from sim.services import Services, admin_execute, database_url
 from tests.conftest import fetch, role_url
 
 Fleet = Callable[..., subprocess.CompletedProcess[str]]
@@ -354,3 +354,35 @@ def test_a_deployment_keeps_its_own_password_and_can_run_create_login_again(
     unset = subprocess.run(command, env=operator_env, capture_output=True, text=True, check=False)
     assert unset.returncode == 2 and "DEPLOY_DB_PASSWORD" in unset.stderr
     assert fleet("db", "drop-login", name).returncode == 0
+
+
+def test_a_database_made_by_an_older_version_gets_the_roles(services: Services) -> None:
+    """`fleet db upgrade` of a fleet from before the roles: its live node keeps everything,
+    counts as initialised (its mnemonic is never replaced), and apps are refused as here."""
+    name = f"fleet_old_{uuid.uuid4().hex[:8]}"
+    admin_execute(services.postgres_url, f"CREATE DATABASE {name}")
+    url = database_url(services.postgres_url, name)
+    try:
+        migrations.upgrade(url, "0004_step_chain")
+        with psycopg.connect(url, autocommit=True) as old:
+            old.execute(
+                "INSERT INTO nodes (name, owner, region, instance_type, network)"
+                " VALUES ('old-1', 'o', 'eu-west-1', 't3.small', 'regtest')"
+            )
+            old.execute("SET session_replication_role = replica")
+            old.execute("UPDATE nodes SET state = 'live', node_pubkey = '02' || repeat('c', 64)")
+        migrations.upgrade(url)
+        [(state, initialised)] = fetch(
+            url, "SELECT state, wallet_initialised_at IS NOT NULL FROM nodes"
+        )
+        assert (state, initialised) == ("live", True)
+        assert fetch(url, "SELECT count(*) FROM fleet_identity") == [(1,)]
+        with psycopg.connect(url, autocommit=True) as owner:
+            owner.execute("SELECT fleet_create_login('old_app_login', 'app', NULL, 'x')")
+        app_url = make_url(url).set(username="old_app_login").render_as_string(False)
+        with psycopg.connect(app_url, autocommit=True) as app, pytest.raises(psycopg.Error) as e:
+            app.execute("UPDATE nodes SET address = '203.0.113.9'")
+        assert e.value.sqlstate == INSUFFICIENT_PRIVILEGE
+    finally:
+        admin_execute(services.postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin_execute(services.postgres_url, "DROP ROLE IF EXISTS old_app_login")
