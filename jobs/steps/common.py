@@ -1,12 +1,14 @@
 """What several steps do: talk to the host agent with its pinned key, reach the node's
-API with a fresh token, and take a backup to S3."""
+API (through its SSH connection, with the least token each route needs), and take a
+backup to S3."""
 
 from jobs.host import AgentReply
 from jobs.node_api import NodeApi, NodeApiError
-from jobs.node_auth import admin_token
+from jobs.node_auth import route_token
 from jobs.outcomes import HoldNode
 from jobs.registry import NodeFacts, StepContext
 from jobs.toolbox import toolbox
+from jobs.tunnel import node_route
 from models.secrets import Secret
 
 
@@ -37,8 +39,8 @@ def node_api(context: StepContext) -> NodeApi:
     settings = toolbox().settings
     private = root_key(context)
     return NodeApi(
-        f"http://{context.node.address}:{settings.node_api_port}",
-        token=lambda: admin_token(private.reveal(), ttl_seconds=120),
+        node_route(settings, context.node),
+        token=lambda path: route_token(private.reveal(), path, ttl_seconds=120),
         timeout=settings.node_api_timeout_seconds,
         unlock_timeout=settings.unlock_timeout_seconds,
     )
