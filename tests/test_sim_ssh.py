@@ -504,6 +504,9 @@ def test_a_tunnel_anywhere_else_is_refused(forwarding: Forwarding, keys: Keys) -
             with pytest.raises(paramiko.ChannelException) as refused:
                 _through(client, host, to_port)
             assert refused.value.code == paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        # Nor does the host listen for the client (remote forwarding).
+        with pytest.raises(paramiko.SSHException):
+            client.get_transport().request_port_forward("127.0.0.1", 0)
         # A session refused a forward is still good for the agent.
         _, stdout, _ = client.exec_command("sudo rln-hostctl status")
         assert stdout.read().decode().startswith("state=")
