@@ -8,7 +8,9 @@ restarts Postgres (its own) once. At the end it checks and prints:
 - exactly one instance was ever launched per node (counted in the cloud by tag);
 - no orphaned instance (reconcile finds none);
 - every initialised wallet's mnemonic decrypts from the database and is the node's;
-- no secret in Redis or in the logs.
+- no secret in Redis or in the logs;
+- no secret crossed a connection other than the node's SSH tunnel (the simulated
+  daemons count the calls that reached them directly, and those that carried secrets).
 
     ./scripts/chaos [--nodes 200] [--workers 4] [--failure-rate 0.1] [--kill-every 8]
 """
@@ -338,6 +340,7 @@ def verify(
     ]
     checks.append(check_mnemonics(cloud, rows, ring, sealed))
     checks.append(check_no_leaks(plain, services, work))
+    checks.append(check_tunnelled(cloud))
     checks.append(
         Check(
             "chaos happened",
@@ -453,6 +456,16 @@ def check_no_leaks(plain: list[str], services: Services, work: Path) -> Check:
         "no secret in Redis or the logs",
         not leaks and bool(logs),
         f"{len(plain)} secrets searched in {len(logs) // 1024} KiB of logs and Redis",
+    )
+
+
+def check_tunnelled(cloud: SimCloud) -> Check:
+    traffic = cloud.api_traffic()
+    return Check(
+        "no secret crossed a connection other than the SSH tunnel",
+        traffic.direct_secrets == 0 and traffic.tunnelled > 0,
+        f"{traffic.direct_secrets} direct calls carrying secrets "
+        f"({traffic.direct} direct calls in all, {traffic.tunnelled} through the tunnel)",
     )
 
 

@@ -54,7 +54,11 @@ class StepSettings(BaseSettings):
     ssh_key_path: str = "~/.ssh/id_ed25519"
     ssh_timeout_seconds: float = 10.0
 
-    # The node's REST API.
+    # The node's REST API. "ssh": through the node's SSH connection (its pinned host key)
+    # to the host's own 127.0.0.1:<port>, so the port stays closed to the world. "direct":
+    # plain HTTP to <address>:<port>, where passwords, the mnemonic and admin tokens cross
+    # the network in clear: only for a private network the fleet trusts.
+    node_api_transport: Literal["ssh", "direct"] = "ssh"
     node_api_port: int = 3001
     node_api_timeout_seconds: float = 10.0
     unlock_timeout_seconds: float = 30.0

@@ -1,6 +1,7 @@
-"""The host agent over SSH (fabric). The host's SSH key is pinned on first contact and
-checked on every later one: a different key holds the node (a man in the middle, or a
-replaced host), it is never accepted silently."""
+"""The host over SSH (fabric): the host agent's commands, and the connection the node
+API's tunnel (jobs/tunnel.py) rides on. The host's SSH key is pinned on first contact
+and checked on every later one: a different key holds the node (a man in the middle, or
+a replaced host), it is never accepted silently."""
 
 import base64
 import shlex
@@ -49,45 +50,69 @@ class FabricAgent:
         self.settings = settings
 
     def run(self, address: str, pinned_key: str | None, *command: str) -> AgentReply:
-        try:
-            with self._connect(address, pinned_key) as connection:
+        with pinned_connection(self.settings, address, pinned_key) as connection:
+            try:
                 result = connection.run(
                     shlex.join(["sudo", AGENT, *command]), hide=True, warn=True, in_stream=False
                 )
-                shown = connection.client.get_transport().get_remote_server_key()
-        except paramiko.BadHostKeyException:
-            raise HoldNode(
-                f"SSH host key of {address} changed since it was pinned: "
-                "possible man in the middle; check the host, then clear nodes.ssh_host_key"
-            ) from None
-        except (OSError, paramiko.SSHException) as exc:
-            raise HostUnreachable(f"no SSH session with {address}: {exc}") from None
+            except (OSError, paramiko.SSHException) as exc:
+                raise _no_session(address, exc) from None
+            shown = connection.client.get_transport().get_remote_server_key()
         ok = result.exited == 0
         line = (result.stdout if ok else result.stderr or result.stdout).strip()
         return AgentReply(ok, line.splitlines()[-1] if line else "", _key_text(shown))
 
-    def _connect(self, address: str, pinned_key: str | None) -> Connection:
-        port, timeout = self.settings.ssh_port, self.settings.ssh_timeout_seconds
-        sock = socket.create_connection((address, port), timeout=timeout)
-        # paramiko leaves Nagle on: the handshake's small packets then wait for delayed
-        # ACKs, about 100 ms a connection instead of about 25 ms.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        connection = Connection(
-            host=address,
-            user=self.settings.ssh_user,
-            port=port,
-            connect_timeout=timeout,
-            connect_kwargs={
-                "sock": sock,
-                "key_filename": str(Path(self.settings.ssh_key_path).expanduser()),
-                "look_for_keys": False,
-                "allow_agent": False,
-            },
-        )
-        connection.client.set_missing_host_key_policy(_PinnedKey())
-        if pinned_key is not None:
-            _pin(connection.client, address, port, pinned_key)
-        return connection
+
+def pinned_connection(settings: StepSettings, address: str, pinned_key: str | None) -> Connection:
+    """An open SSH connection to the host, which showed exactly the pinned key (or, with
+    no pin, any key: first contact, the caller pins what `get_remote_server_key` shows).
+    The one way the fleet reaches a host: the agent's commands and the node API's tunnel.
+    A changed key holds the node; no session at all raises HostUnreachable."""
+    try:
+        connection = _connection(settings, address, pinned_key)
+    except OSError as exc:
+        raise _no_session(address, exc) from None
+    try:
+        connection.open()
+    except paramiko.BadHostKeyException:
+        connection.close()
+        raise HoldNode(
+            f"SSH host key of {address} changed since it was pinned: "
+            "possible man in the middle; nothing was sent: check the host, then record its"
+            " checked key in nodes.ssh_host_key"
+        ) from None
+    except (OSError, paramiko.SSHException) as exc:
+        connection.close()
+        raise _no_session(address, exc) from None
+    return connection
+
+
+def _no_session(address: str, exc: Exception) -> HostUnreachable:
+    return HostUnreachable(f"no SSH session with {address}: {exc}")
+
+
+def _connection(settings: StepSettings, address: str, pinned_key: str | None) -> Connection:
+    port, timeout = settings.ssh_port, settings.ssh_timeout_seconds
+    sock = socket.create_connection((address, port), timeout=timeout)
+    # paramiko leaves Nagle on: the handshake's small packets then wait for delayed
+    # ACKs, about 100 ms a connection instead of about 25 ms.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    connection = Connection(
+        host=address,
+        user=settings.ssh_user,
+        port=port,
+        connect_timeout=timeout,
+        connect_kwargs={
+            "sock": sock,
+            "key_filename": str(Path(settings.ssh_key_path).expanduser()),
+            "look_for_keys": False,
+            "allow_agent": False,
+        },
+    )
+    connection.client.set_missing_host_key_policy(_PinnedKey())
+    if pinned_key is not None:
+        _pin(connection.client, address, port, pinned_key)
+    return connection
 
 
 def _pin(client: paramiko.SSHClient, address: str, port: int, pinned_key: str) -> None:

@@ -1,14 +1,19 @@
-"""The node's REST API (rln-node-api.md). Every call carries a fresh short-lived admin
-token; errors come back as NodeApiError with the daemon's error name, so steps decide by
-name (`ChangingState` is a wait, `WrongPassword` holds the node, ...)."""
+"""The node's REST API (rln-node-api.md). Every call carries a fresh short-lived token
+(read-only for read routes, admin for the rest) and goes over a connection of its own,
+opened by the Route: through the node's SSH connection by default (jobs/tunnel.py), or
+straight to the node's address when configured so. Errors come back as NodeApiError
+with the daemon's error name, so steps decide by name (`ChangingState` is a wait,
+`WrongPassword` holds the node, ...)."""
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-import httpx
+import httpcore
 
 from jobs.config import ChainBackend
+from jobs.host import HostUnreachable
 from models.secrets import Secret
 
 
@@ -20,7 +25,7 @@ class NodeApiError(Exception):
 
 
 class NodeUnreachable(Exception):
-    """No HTTP answer at all (refused, timed out). Never counted as healthy."""
+    """No HTTP answer at all (refused, timed out, no SSH session). Never counted as healthy."""
 
 
 @dataclass(frozen=True)
@@ -30,11 +35,42 @@ class NodeInfo:
     num_peers: int
 
 
+class Route(Protocol):
+    """How requests reach the daemon: the origin they are addressed to, and a fresh
+    connection there. `connect` raises httpcore's connect errors, HostUnreachable (no SSH
+    session) or HoldNode (the host showed another SSH key)."""
+
+    @property
+    def origin(self) -> httpcore.Origin: ...
+
+    def connect(self, timeout: float) -> httpcore.NetworkStream: ...
+
+
+@dataclass(frozen=True)
+class Direct:
+    """Plain TCP to the node's address: everything in the request crosses the network
+    in clear. Only by explicit setting (FLEET_NODE_API_TRANSPORT=direct)."""
+
+    address: str
+    port: int
+
+    @property
+    def origin(self) -> httpcore.Origin:
+        return httpcore.Origin(b"http", self.address.encode(), self.port)
+
+    def connect(self, timeout: float) -> httpcore.NetworkStream:
+        return httpcore.SyncBackend().connect_tcp(self.address, self.port, timeout=timeout)
+
+
+# A token for the route (its path), minted when the call is made.
+TokenForRoute = Callable[[str], str]
+
+
 class NodeApi:
     def __init__(
-        self, base_url: str, token: Callable[[], str], timeout: float, unlock_timeout: float
+        self, route: Route, token: TokenForRoute, timeout: float, unlock_timeout: float
     ) -> None:
-        self._base_url = base_url
+        self._route = route
         self._token = token
         self._timeout = timeout
         self._unlock_timeout = unlock_timeout
@@ -78,23 +114,36 @@ class NodeApi:
     def _post(self, path: str, body: dict[str, Any] | None, timeout: float | None = None) -> Any:
         return self._call("POST", path, {} if body is None else body, timeout or self._timeout)
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None, timeout: float) -> Any:
-        headers = {"Authorization": f"Bearer {self._token()}"}
+    def _call(
+        self, method: str, path: str, body: dict[str, Any] | None, read_timeout: float
+    ) -> Any:
+        headers = [("Authorization", f"Bearer {self._token(path)}")]
+        content = None
+        if body is not None:
+            content = json.dumps(body).encode()
+            headers.append(("Content-Type", "application/json"))
+        origin = self._route.origin
+        url = httpcore.URL(scheme=origin.scheme, host=origin.host, port=origin.port, target=path)
+        timeouts = {"read": read_timeout, "write": self._timeout}
         try:
-            response = httpx.request(
-                method, self._base_url + path, json=body, headers=headers, timeout=timeout
-            )
-        except httpx.TransportError as exc:
+            stream = self._route.connect(self._timeout)
+            with httpcore.HTTP11Connection(origin, stream) as connection:
+                response = connection.request(
+                    method, url, headers=headers, content=content, extensions={"timeout": timeouts}
+                )
+        except HostUnreachable as exc:
+            raise NodeUnreachable(f"{path}: {exc}") from None
+        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
             # Never the request: its body may hold a password.
             raise NodeUnreachable(f"{path}: {type(exc).__name__}") from None
-        if response.is_success:
-            return response.json()
+        if 200 <= response.status < 300:
+            return json.loads(response.content)
         raise _error(response, path)
 
 
-def _error(response: httpx.Response, path: str) -> NodeApiError:
+def _error(response: httpcore.Response, path: str) -> NodeApiError:
     try:
-        body = response.json()
-        return NodeApiError(response.status_code, str(body["name"]), str(body["error"])[:200])
+        body = json.loads(response.content)
+        return NodeApiError(response.status, str(body["name"]), str(body["error"])[:200])
     except (ValueError, KeyError, TypeError):
-        return NodeApiError(response.status_code, "Unexpected", f"{path}: not an RLN error body")
+        return NodeApiError(response.status, "Unexpected", f"{path}: not an RLN error body")

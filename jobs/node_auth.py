@@ -13,6 +13,11 @@ from datetime import UTC, datetime, timedelta
 from biscuit_auth import BiscuitBuilder, KeyPair, PrivateKey
 
 HEX_KEY = re.compile(r"^[0-9a-f]{64}$")
+# The routes a read-only token opens (upstream's READ_ONLY_OPS, the ones the fleet knows).
+# Everything else, /init and /unlock among them, needs admin.
+READ_ONLY_ROUTES = frozenset(
+    {"/btcbalance", "/listchannels", "/listpayments", "/listpeers", "/networkinfo", "/nodeinfo"}
+)
 # How biscuit-python spells a typed key in text.
 PRIVATE_PREFIX = "ed25519-private/"
 
@@ -50,6 +55,14 @@ def admin_token(private_hex: str, ttl_seconds: float = 300) -> str:
 
 def read_only_token(private_hex: str, ttl_seconds: float = 300) -> str:
     return _token(private_hex, "read-only", [], ttl_seconds)
+
+
+def route_token(private_hex: str, path: str, ttl_seconds: float = 300) -> str:
+    """The least token that opens this route: read-only for a read route, else admin. A
+    token that leaks from a read call can then change nothing on the node."""
+    if path in READ_ONLY_ROUTES:
+        return read_only_token(private_hex, ttl_seconds)
+    return admin_token(private_hex, ttl_seconds)
 
 
 def custom_token(private_hex: str, routes: list[str], ttl_seconds: float = 300) -> str:

@@ -19,6 +19,7 @@ import boto3
 
 from sim.aws import LaunchLog, MotoServer
 from sim.host import HostFaults, HostPorts, SimHost
+from sim.rln_daemon import ApiTraffic
 
 T = TypeVar("T")
 FLEET_TAG = "rln-fleet"
@@ -90,6 +91,10 @@ class SimCloud:
 
     def host_of(self, instance_id: str) -> SimHost:
         return self.hosts[instance_id]
+
+    def api_traffic(self) -> ApiTraffic:
+        """How the node API calls of every host ever (terminated ones too) arrived."""
+        return sum((host.traffic for host in list(self.hosts_ever.values())), ApiTraffic())
 
     async def _watch(self) -> None:
         while True:

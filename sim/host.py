@@ -1,6 +1,8 @@
 """One simulated node host: the host agent's commands (sim/agent.py) acting on a
-simulated RLN daemon (sim/rln_daemon.py), reachable over SSH (sim/ssh_server.py) and
-HTTP on the host's own loopback address."""
+simulated RLN daemon (sim/rln_daemon.py), reachable over SSH (sim/ssh_server.py), whose
+direct-tcpip channels to 127.0.0.1 / localhost at the API port reach the daemon, and
+over plain HTTP on the host's own loopback address. The daemon counts which way each
+call came (`traffic`)."""
 
 import asyncio
 import hashlib
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 import asyncssh
 
 from sim.agent import AgentError
-from sim.rln_daemon import ApiFaults, NodeDisk, RlnDaemon
+from sim.rln_daemon import ApiFaults, ApiTraffic, NodeDisk, RlnDaemon
 from sim.ssh_server import SimSSHHost, start_ssh_server
 
 HEX_KEY = re.compile(r"^[0-9a-f]{64}$")
@@ -53,6 +55,7 @@ class SimHost:
         self.network = network
         self.version = version
         self.disk = NodeDisk()
+        self.traffic = ApiTraffic()  # every daemon run's calls, tunnelled or direct
         self.root_key: str | None = None
         self.daemon: RlnDaemon | None = None
         self.host_key = asyncssh.generate_private_key("ssh-ed25519")
@@ -67,7 +70,12 @@ class SimHost:
     # --- the machine -------------------------------------------------------------
     async def boot(self) -> None:
         self._ssh = await start_ssh_server(
-            self.address, self.ports.ssh, self, self.host_key, self._client_key
+            self.address,
+            self.ports.ssh,
+            self,
+            self.host_key,
+            self._client_key,
+            forward_ports=[self.ports.api],
         )
 
     async def power_off(self) -> None:
@@ -113,6 +121,7 @@ class SimHost:
             self.root_key,
             unlock_seconds=self._unlock_seconds,
             faults=self.faults.api,
+            traffic=self.traffic,
         )
         await daemon.start(self.address, self.ports.api)
         self.daemon = daemon

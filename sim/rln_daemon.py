@@ -13,7 +13,8 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Awaitable, Callable, Collection
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -51,6 +52,10 @@ GENERATED_MNEMONIC_STRENGTH = 128  # 12 words, as rgb-lib generates keys
 READ_ONLY_ROUTES = frozenset(
     {"/btcbalance", "/listchannels", "/listpayments", "/listpeers", "/networkinfo", "/nodeinfo"}
 )
+# Body fields that are secrets, at any depth (/init, /unlock, /backup, /changepassword).
+SECRET_FIELDS = frozenset(
+    {"password", "mnemonic", "old_password", "new_password", "bitcoind_rpc_password"}
+)
 BACKUP_MAGIC = b"rln-sim-backup/1\n"
 SALT_BYTES = 16
 NONCE_BYTES = 12
@@ -79,6 +84,38 @@ class NodeDisk:
     revoked_tokens: set[str] = field(default_factory=set)  # revocation ids, hex
     init_calls: int = 0  # /init calls that got past authentication and injected faults
     unlock_calls: int = 0  # same for /unlock
+
+
+@dataclass
+class ApiTraffic:
+    """How calls reached one host's daemon, kept across its restarts. A call whose peer is
+    the daemon's own address came through the host's SSH tunnel (the SSH server connects
+    from the host itself); any other peer sent it over the network, in clear. Telling the
+    two apart needs the daemon on an address of its own, not on the client's 127.0.0.1."""
+
+    tunnelled: int = 0
+    direct: int = 0
+    # Direct calls carrying a secret: a password, mnemonic or RPC password in the body,
+    # or an admin token (valid, so one that opens everything).
+    direct_secrets: int = 0
+    roles: Counter[tuple[str, str]] = field(default_factory=Counter)  # (path, role) granted
+
+    def note(self, path: str, role: str | None, tunnelled: bool, secret: bool) -> None:
+        if tunnelled:
+            self.tunnelled += 1
+        else:
+            self.direct += 1
+            self.direct_secrets += secret
+        if role is not None:
+            self.roles[(path, role)] += 1
+
+    def __add__(self, other: "ApiTraffic") -> "ApiTraffic":
+        return ApiTraffic(
+            self.tunnelled + other.tunnelled,
+            self.direct + other.direct,
+            self.direct_secrets + other.direct_secrets,
+            self.roles + other.roles,
+        )
 
 
 @dataclass
@@ -194,6 +231,7 @@ class RlnDaemon:
         unlock_seconds: float = 0.2,
         faults: ApiFaults | None = None,
         lock_seconds: float = 0.0,
+        traffic: ApiTraffic | None = None,
     ) -> None:
         if network not in NETWORKS:
             raise ValueError(f"unknown network {network!r}: the daemon exits at start")
@@ -205,6 +243,7 @@ class RlnDaemon:
         self._unlock_seconds = unlock_seconds
         self._lock_seconds = lock_seconds
         self._faults = faults or ApiFaults()
+        self.traffic = traffic or ApiTraffic()
         self._unlocked = False  # every start comes up locked: this is never persisted
         self._changing = False
         self._addresses = 0
@@ -289,13 +328,25 @@ class RlnDaemon:
         if self._faults.latency_seconds > 0:
             await asyncio.sleep(self._faults.latency_seconds)
         try:
-            authorize(request, self._root_key, self.disk.revoked_tokens)
+            role = authorize(request, self._root_key, self.disk.revoked_tokens)
+        except RlnError as exc:
+            await self._witness(request, None)
+            return exc.response()
+        await self._witness(request, role)
+        try:
             failure_rate = self._faults.failure_rate
             if failure_rate > 0 and self._faults.rng.random() < failure_rate:
                 raise RlnError(500, "Unexpected", "Unexpected error: simulated failure")
             return await handler(request)
         except RlnError as exc:
             return exc.response()
+
+    async def _witness(self, request: web.Request, role: str | None) -> None:
+        """Count how the call came (read before any handler: a refused call's body
+        crossed the wire all the same)."""
+        body = await request.read()  # aiohttp keeps it for the handler
+        secret = role == "admin" or carries_secret(body)
+        self.traffic.note(request.path, role, tunnelled=_from_own_address(request), secret=secret)
 
     # --- state rules -------------------------------------------------------------------
     def _require_locked(self) -> None:
@@ -452,24 +503,50 @@ class RlnDaemon:
 
 
 # --- authentication ----------------------------------------------------------------------------
-def authorize(request: web.Request, root_key: PublicKey, revoked: set[str]) -> None:
+def authorize(request: web.Request, root_key: PublicKey, revoked: set[str]) -> str:
     """Upstream's middleware (src/auth.rs): a valid, unexpired, unrevoked token, then
     admin = every route, read-only = the read routes, custom = its right("api", path)s.
-    Any other role is as bad as no token."""
+    Any other role is as bad as no token. Returns the role that let the call in."""
     token = _bearer_token(request, root_key)
     if revoked.intersection(token.revocation_ids):
         raise fail("Unauthorized")
     roles, rights = _grants(token)
     if "admin" in roles:
-        return
+        return "admin"
     if "read-only" in roles:
-        allowed: Collection[str] = READ_ONLY_ROUTES
+        role, allowed = "read-only", READ_ONLY_ROUTES
     elif "custom" in roles:
-        allowed = rights
+        role, allowed = "custom", frozenset(rights)
     else:
         raise fail("Unauthorized")
     if request.path not in allowed:
         raise fail("Forbidden")
+    return role
+
+
+def _from_own_address(request: web.Request) -> bool:
+    """The peer is the address the daemon listens on: the host's SSH server forwarded it."""
+    transport = request.transport
+    if transport is None:
+        return False
+    peer, own = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+    return peer is not None and own is not None and peer[0] == own[0]
+
+
+def carries_secret(body: bytes) -> bool:
+    """A secret field anywhere in a JSON body; a body that is not JSON is searched as text."""
+    try:
+        return _has_secret_field(json.loads(body)) if body else False
+    except ValueError:
+        return any(name.encode() in body for name in SECRET_FIELDS)
+
+
+def _has_secret_field(value: object) -> bool:
+    if isinstance(value, dict):
+        return any(k in SECRET_FIELDS or _has_secret_field(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_secret_field(item) for item in value)
+    return False
 
 
 def _grants(token: Biscuit) -> tuple[set[str], set[str]]:

@@ -3,15 +3,22 @@ commands (`[sudo] rln-hostctl <command> <args...>`) on a HostAgent and answers l
 deploy/host/rln-hostctl: one line on stdout and exit 0, one line on stderr and exit 1
 when the agent refuses, exit 2 for a usage error.
 
-Built to run by the hundred in one event loop: a host is one listening socket and a few
-small objects; the agent, the keys and the connections are all it holds. No shell, no
-PTY, no SFTP, no forwarding: exec requests of the agent only."""
+Besides exec requests of the agent, one kind of forwarding: a direct-tcpip channel to
+the host's own loopback ("127.0.0.1" or "localhost") at a port it serves locally (the
+node API), as `sshd` with `PermitOpen 127.0.0.1:3001 localhost:3001` allows. The host
+connects to its service from its own address, so the service can tell a tunnelled call
+(the peer is the host itself) from one that came over the network. Every other
+destination is refused, as are shells, PTYs, SFTP and remote forwarding.
 
+Built to run by the hundred in one event loop: a host is one listening socket and a few
+small objects; the agent, the keys and the connections are all it holds."""
+
+import asyncio
 import logging
 import shlex
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from functools import partial
-from typing import NamedTuple, Self
+from typing import NamedTuple, Self, cast
 
 import asyncssh
 
@@ -20,6 +27,8 @@ from sim.agent import AgentError, HostAgent
 log = logging.getLogger(__name__)
 
 PROGRAM = "rln-hostctl"
+# What a client names to reach the host's own loopback through a direct-tcpip channel.
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost"})
 USAGE = (
     "usage: rln-hostctl set-root-key HEX | start | stop | status"
     " | install VERSION URL SHA256 | backup-upload PATH S3URI"
@@ -136,6 +145,29 @@ class _AuthServer(asyncssh.SSHServer):
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         return key.public_data == self._host.authorized_client_key.public_data
 
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> Awaitable[asyncssh.SSHTCPSession[bytes]]:
+        if dest_host not in LOOPBACK_NAMES or dest_port not in self._host.forward_ports:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                f"forwarding to {dest_host}:{dest_port} is not permitted",
+            )
+        return _forward_from_host(self._host.host, dest_port)
+
+
+async def _forward_from_host(address: str, port: int) -> asyncssh.SSHTCPSession[bytes]:
+    """asyncssh's own forward_connection, but connecting from the host's address (as a
+    real sshd on the host does, its loopback being the host's own)."""
+    try:
+        _, peer = await asyncio.get_running_loop().create_connection(
+            asyncssh.SSHForwarder, address, port, local_addr=(address, 0)
+        )
+    except OSError as exc:
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None
+    # A forwarder serves as the channel's session: asyncssh casts it the same way.
+    return cast("asyncssh.SSHTCPSession[bytes]", asyncssh.SSHForwarder(peer))
+
 
 class SimSSHHost:
     """One simulated host's SSH server. Use `start_ssh_server` to make a running one."""
@@ -147,12 +179,15 @@ class SimSSHHost:
         agent: HostAgent,
         host_key: asyncssh.SSHKey,
         authorized_client_key: asyncssh.SSHKey,
+        forward_ports: Collection[int] = (),
     ) -> None:
         self.host = host
         self.port = port  # the bound port once started (0 asks for a free one)
         self.agent = agent
         self.host_key = host_key
         self.authorized_client_key = authorized_client_key
+        # Ports on the host's own address a client may reach as 127.0.0.1 / localhost.
+        self.forward_ports = frozenset(forward_ports)
         self.connections: set[asyncssh.SSHServerConnection] = set()
         self._acceptor: asyncssh.SSHAcceptor | None = None
 
@@ -176,7 +211,8 @@ class SimSSHHost:
             server_factory=partial(_AuthServer, self),
             process_factory=partial(_serve_process, self.agent),
             server_host_keys=[self.host_key],
-            # Nothing but exec requests, and nothing read from disk or asked of GSSAPI.
+            # Exec requests and the local forwards above; nothing read from disk or asked
+            # of GSSAPI.
             allow_pty=False,
             agent_forwarding=False,
             x11_forwarding=False,
@@ -220,9 +256,10 @@ async def start_ssh_server(
     agent: HostAgent,
     host_key: asyncssh.SSHKey,
     authorized_client_key: asyncssh.SSHKey,
+    forward_ports: Collection[int] = (),
 ) -> SimSSHHost:
     """A running SSH server for one simulated host; `close()` it when done."""
-    server = SimSSHHost(host, port, agent, host_key, authorized_client_key)
+    server = SimSSHHost(host, port, agent, host_key, authorized_client_key, forward_ports)
     await server.start()
     return server
 

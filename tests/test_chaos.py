@@ -22,5 +22,5 @@ def test_the_fleet_survives_chaos(tmp_path: Path) -> None:
     checks = run(plan, tmp_path)
     report = "\n".join(f"[{'PASS' if c.passed else 'FAIL'}] {c.name}: {c.detail}" for c in checks)
     print(report)
-    assert len(checks) == 7, report
+    assert len(checks) == 8, report
     assert all(c.passed for c in checks), report

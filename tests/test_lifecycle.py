@@ -97,6 +97,21 @@ def test_full_lifecycle_through_the_simulated_cloud(
     # Secrets are kept after destroy, and the stored mnemonic is the node's.
     for node_id in node_ids:
         assert stored_mnemonic(simulation, db_url, node_id) == disks[node_id].mnemonic
+    assert_api_reached_only_through_the_tunnel(simulation)
+
+
+def assert_api_reached_only_through_the_tunnel(simulation: Simulation) -> None:
+    """Every node API call came through the node's SSH connection, none over the network
+    (so no password, mnemonic or admin token in clear), each with the least token."""
+    traffic = simulation.cloud.api_traffic()
+    assert (traffic.direct, traffic.direct_secrets) == (0, 0)
+    assert traffic.tunnelled > 0 and traffic.tunnelled == sum(traffic.roles.values())
+    granted: dict[str, set[str]] = {}
+    for path, role in traffic.roles:
+        granted.setdefault(path, set()).add(role)
+    assert granted.pop("/nodeinfo") == {"read-only"}
+    assert {"/init", "/unlock", "/lock", "/backup"} <= set(granted)
+    assert all(roles == {"admin"} for roles in granted.values()), granted
 
 
 def stored_mnemonic(simulation: Simulation, db_url: str, node_id: int) -> str:

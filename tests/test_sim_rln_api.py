@@ -11,6 +11,7 @@ import re
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import pytest
 from biscuit_auth import Biscuit, BiscuitBuilder, PrivateKey, PublicKey
 from mnemonic import Mnemonic
 
+from jobs.node_auth import READ_ONLY_ROUTES as FLEET_READ_ONLY_ROUTES
 from jobs.node_auth import (
     InvalidRootKey,
     RootKey,
@@ -29,8 +31,9 @@ from jobs.node_auth import (
     new_root_key,
     public_key_of,
     read_only_token,
+    route_token,
 )
-from sim.rln_daemon import ApiFaults, BlockSync, NodeDisk, RlnDaemon
+from sim.rln_daemon import ApiFaults, ApiTraffic, BlockSync, NodeDisk, RlnDaemon, carries_secret
 
 T = TypeVar("T")
 HOST = "127.0.0.1"
@@ -554,6 +557,50 @@ def test_serves_on_any_loopback_address_and_refuses_a_taken_port(nodes: Nodes) -
     assert clash.running is False
 
 
+def test_the_daemon_counts_how_each_call_came_and_what_it_carried(nodes: Nodes) -> None:
+    """A call from the daemon's own address came through the host's SSH tunnel; one from
+    any other address (this test's 127.0.0.1) over the network."""
+    node = nodes.new(host=f"127.4.{random.randint(0, 250)}.{random.randint(1, 250)}")
+    traffic = node.current.traffic
+    read_only = read_only_token(node.key.private_hex)
+    expect_error(node.call("GET", "/nodeinfo", token=read_only), 403, "LockedNode")
+    # A refused call's password crossed the wire all the same.
+    answer = node.call("POST", "/init", INIT, token="not-a-biscuit")
+    assert answer.status_code == 401
+    expect_error(node.call("POST", "/lock", {}), 403, "LockedNode")  # an admin token
+    assert traffic == ApiTraffic(
+        direct=3,
+        direct_secrets=2,
+        roles=Counter({("/nodeinfo", "read-only"): 1, ("/lock", "admin"): 1}),
+    )
+    transport = httpx.HTTPTransport(local_address=node.host)
+    with httpx.Client(transport=transport, timeout=10) as from_the_host:
+        headers = {"Authorization": f"Bearer {admin_token(node.key.private_hex)}"}
+        url = f"http://{node.host}:{node.port}/init"
+        expect_ok(from_the_host.post(url, json=INIT, headers=headers), {"mnemonic": MNEMONIC})
+    assert (traffic.tunnelled, traffic.direct, traffic.direct_secrets) == (1, 3, 2)
+    assert traffic.roles[("/init", "admin")] == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "secret"),
+    [
+        (b"", False),
+        (b"{}", False),
+        (b'{"skip_sync": true}', False),
+        (b'{"backup_path": "/x", "password": "p"}', True),
+        (b'{"mnemonic": "abandon"}', True),
+        (b'{"old_password": "a", "new_password": "b"}', True),
+        (b'{"ldk_chain_sync": {"config": {"bitcoind_rpc_password": "x"}}}', True),
+        (b'[{"password": "p"}]', True),
+        (b"password=p", True),  # not JSON: looked for as text
+        (b"\xff\xfe", False),
+    ],
+)
+def test_what_counts_as_a_secret_in_a_body(body: bytes, secret: bool) -> None:
+    assert carries_secret(body) is secret
+
+
 def test_refuses_bad_start_arguments() -> None:
     with pytest.raises(ValueError, match="network"):
         RlnDaemon(NodeDisk(), "bitcoin-cash", new_root_key().public_hex)
@@ -602,6 +649,21 @@ def test_read_only_token(nodes: Nodes) -> None:
     for path, body in (("/unlock", UNLOCK), ("/lock", {}), ("/address", {}), ("/shutdown", {})):
         expect_error(node.call("POST", path, body, token=token), 403, "Forbidden")
     assert node.current.unlocked is True
+
+
+def test_the_fleets_token_for_each_route_is_the_least_the_daemon_takes(nodes: Nodes) -> None:
+    node = unlocked(nodes.new())
+    for path in sorted(FLEET_READ_ONLY_ROUTES):
+        token = route_token(node.key.private_hex, path)
+        if path == "/btcbalance":
+            answer = node.call("POST", path, {"skip_sync": True}, token=token)
+        else:
+            answer = node.call("GET", path, token=token)
+        assert answer.status_code == 200, path
+        assert node.current.traffic.roles[(path, "read-only")] == 1, path
+    token = route_token(node.key.private_hex, "/lock")
+    expect_ok(node.call("POST", "/lock", {}, token=token))
+    assert node.current.traffic.roles[("/lock", "admin")] == 1
 
 
 def test_custom_token_allows_only_its_routes(nodes: Nodes) -> None:

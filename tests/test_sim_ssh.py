@@ -4,6 +4,7 @@ over paramiko, from this thread, while the server runs on an asyncio loop in ano
 import asyncio
 import base64
 import os
+import random
 import shlex
 import socket
 import subprocess
@@ -406,3 +407,135 @@ def test_fabric_round_trip_time(served: Served, keys: Keys) -> None:
 def test_command_lines(line: str, expected: tuple[int, str]) -> None:
     reply = asyncio.run(run_agent_command(FakeAgent(), line))
     assert (reply.exit_status, reply.line) == expected
+
+
+# --- direct-tcpip: the node API's tunnel -------------------------------------------------
+def _connected(port: int, key_file: Path, address: str) -> paramiko.SSHClient:
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect(
+        address,
+        port,
+        username="fleet",
+        key_filename=str(key_file),
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=10,
+    )
+    return client
+
+
+async def _tell_the_peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A service on the host that answers each connection with the address it came from."""
+    writer.write(f"{writer.get_extra_info('peername')[0]}\n".encode())
+    await writer.drain()
+    writer.close()
+
+
+@dataclass
+class Forwarding:
+    server: SimSSHHost
+    address: str
+    service_port: int
+
+
+@pytest.fixture
+def forwarding(loop: asyncio.AbstractEventLoop, keys: Keys) -> Iterator[Forwarding]:
+    address = f"127.{random.randint(100, 250)}.{random.randint(0, 250)}.{random.randint(1, 250)}"
+    service = on_loop(loop, asyncio.start_server(_tell_the_peer, address, 0))
+    service_port = int(service.sockets[0].getsockname()[1])
+    server = on_loop(
+        loop,
+        start_ssh_server(
+            address, 0, FakeAgent(), keys.host, keys.client, forward_ports=[service_port]
+        ),
+    )
+    yield Forwarding(server, address, service_port)
+    on_loop(loop, server.close())
+
+    async def close_service() -> None:
+        service.close()
+        await service.wait_closed()
+
+    on_loop(loop, close_service())
+
+
+def _through(client: paramiko.SSHClient, host: str, port: int) -> str:
+    channel = client.get_transport().open_channel(
+        "direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=10
+    )
+    try:
+        channel.settimeout(10)
+        received = b""
+        while chunk := channel.recv(100):
+            received += chunk
+        return received.decode().strip()
+    finally:
+        channel.close()
+
+
+def test_a_tunnel_to_its_own_loopback_reaches_the_hosts_service(
+    forwarding: Forwarding, keys: Keys
+) -> None:
+    client = _connected(forwarding.server.port, keys.client_file, forwarding.address)
+    try:
+        for name in ("127.0.0.1", "localhost"):
+            # The service sees the host itself as the peer, as behind a real sshd.
+            assert _through(client, name, forwarding.service_port) == forwarding.address
+    finally:
+        client.close()
+    # Straight from here, the same service sees another address.
+    with socket.create_connection((forwarding.address, forwarding.service_port)) as direct:
+        assert direct.recv(100).decode().strip() == "127.0.0.1"
+
+
+def test_a_tunnel_anywhere_else_is_refused(forwarding: Forwarding, keys: Keys) -> None:
+    port = forwarding.service_port
+    elsewhere = [
+        ("127.0.0.1", port + 1),
+        ("localhost", forwarding.server.port),
+        (forwarding.address, port),
+        ("10.1.2.3", port),
+        ("example.com", 80),
+    ]
+    client = _connected(forwarding.server.port, keys.client_file, forwarding.address)
+    try:
+        for host, to_port in elsewhere:
+            with pytest.raises(paramiko.ChannelException) as refused:
+                _through(client, host, to_port)
+            assert refused.value.code == paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        # Nor does the host listen for the client (remote forwarding).
+        with pytest.raises(paramiko.SSHException):
+            client.get_transport().request_port_forward("127.0.0.1", 0)
+        # A session refused a forward is still good for the agent.
+        _, stdout, _ = client.exec_command("sudo rln-hostctl status")
+        assert stdout.read().decode().startswith("state=")
+    finally:
+        client.close()
+
+
+def test_a_tunnel_to_a_service_that_is_down_fails_to_connect(
+    loop: asyncio.AbstractEventLoop, keys: Keys
+) -> None:
+    address = f"127.{random.randint(100, 250)}.{random.randint(0, 250)}.{random.randint(1, 250)}"
+    server = on_loop(
+        loop, start_ssh_server(address, 0, FakeAgent(), keys.host, keys.client, forward_ports=[9])
+    )
+    client = _connected(server.port, keys.client_file, address)
+    try:
+        with pytest.raises(paramiko.ChannelException) as refused:
+            _through(client, "127.0.0.1", 9)
+        assert refused.value.code == paramiko.OPEN_FAILED_CONNECT_FAILED
+    finally:
+        client.close()
+        on_loop(loop, server.close())
+
+
+def test_a_host_without_forward_ports_forwards_nothing(served: Served, keys: Keys) -> None:
+    client = _connected(served.server.port, keys.client_file, "127.0.0.1")
+    try:
+        with pytest.raises(paramiko.ChannelException) as refused:
+            _through(client, "127.0.0.1", served.server.port)
+        assert refused.value.code == paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+    finally:
+        client.close()

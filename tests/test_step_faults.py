@@ -1,6 +1,7 @@
 """The real steps under faults: crashes at the worst moment, restarts, a changed SSH
 host key, EC2 throttling; and no secret ever leaks into the database, Redis or logs."""
 
+import copy
 import subprocess
 import time
 from collections.abc import Callable
@@ -85,7 +86,10 @@ def test_a_changed_ssh_host_key_holds_the_node(
     reach(db_url, [node_id], "live")
     [(pinned,)] = fetch(db_url, "SELECT ssh_host_key FROM nodes WHERE id = %s", node_id)
     assert str(pinned).startswith("ssh-ed25519 ")
-    simulation.cloud.run(simulation.host(node_id).change_host_key())
+    host = simulation.host(node_id)
+    heard = copy.deepcopy(host.traffic)
+    simulation.cloud.run(host.change_host_key())
+    # stop's first contact is the API's /lock, through the node's SSH connection.
     request(db_url, [node_id], "stop")
     wait_until(
         lambda: fetch(db_url, "SELECT held FROM nodes WHERE id = %s", node_id) == [(True,)],
@@ -98,6 +102,8 @@ def test_a_changed_ssh_host_key_holds_the_node(
     assert state == "stop" and attempts == 1  # held at once, not retried
     assert "SSH host key" in error and "changed" in error and "man in the middle" in error
     assert fetch(db_url, "SELECT ssh_host_key FROM nodes WHERE id = %s", node_id) == [(pinned,)]
+    assert host.traffic == heard  # the daemon heard nothing once the key had changed
+    assert host.daemon is not None and host.daemon.unlocked  # and nothing was locked
 
 
 def test_throttled_launches_are_retried_within_the_fleet_launch_rate(

@@ -1,5 +1,6 @@
 """What several steps do: talk to the host agent with its pinned key, reach the node's
-API with a fresh token, and take a backup to S3.
+API (through its SSH connection, with the least token each route needs), and take a
+backup to S3.
 
 Where a step sends anything is decided by what the fleet observed, never by the row
 alone: the SSH host key is pinned at first contact (the key step), to the address that
@@ -8,9 +9,10 @@ key, and a pin that went missing holds the node instead of being taken again."""
 
 from jobs.host import AgentReply
 from jobs.node_api import NodeApi, NodeApiError
-from jobs.node_auth import admin_token
+from jobs.node_auth import route_token
 from jobs.outcomes import HoldNode
 from jobs.registry import NodeFacts, StepContext
+from jobs.tunnel import node_route
 from models.secrets import Secret
 
 
@@ -75,12 +77,13 @@ def root_key(context: StepContext) -> Secret:
 def node_api(context: StepContext) -> NodeApi:
     settings = context.tools.settings
     private = root_key(context)
-    # Plain HTTP carries the node's secrets: only to the address EC2 reports for the
-    # node's own instance.
-    address = observed_address(context)
+    if settings.node_api_transport == "direct":
+        # Plain HTTP carries the node's secrets, and no host key vouches for whoever
+        # answers: only to the address EC2 reports for the node's own instance.
+        observed_address(context)
     return NodeApi(
-        f"http://{address}:{settings.node_api_port}",
-        token=lambda: admin_token(private.reveal(), ttl_seconds=120),
+        node_route(settings, context.node),
+        token=lambda path: route_token(private.reveal(), path, ttl_seconds=120),
         timeout=settings.node_api_timeout_seconds,
         unlock_timeout=settings.unlock_timeout_seconds,
     )

@@ -1,0 +1,284 @@
+"""The node API through the node's SSH connection (jobs/tunnel.py), against a simulated
+host over real SSH and real HTTP: the daemon counts every call it got through the tunnel
+and every one that came over the network (sim/rln_daemon.py ApiTraffic)."""
+
+import asyncio
+import random
+import statistics
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncssh
+import pytest
+
+from jobs.config import ChainBackend, StepSettings
+from jobs.host import FabricAgent, pinned_connection
+from jobs.node_api import Direct, NodeApi, NodeUnreachable, Route
+from jobs.node_auth import RootKey, new_root_key, route_token
+from jobs.outcomes import HoldNode
+from jobs.registry import NodeSnapshot
+from jobs.tunnel import ChannelStream, SshTunnel, node_route, open_api_channel
+from models.secrets import Secret
+from sim.host import HostPorts, SimHost
+from sim.rln_daemon import ApiTraffic
+from sim.ssh_server import public_key_text
+from tests.conftest import add_nodes, fetch
+from tests.simulation import Simulation, write_ssh_key
+from tests.test_lifecycle import StartWorker, reach
+from worker.dispatcher import Dispatcher
+
+T = TypeVar("T")
+PASSWORD = Secret("correct horse battery staple")
+MNEMONIC = Secret(" ".join(["abandon"] * 11 + ["about"]))
+CHAIN = ChainBackend(bitcoind_rpc_password="rpc-password-not-for-the-wire")
+
+
+class Loop:
+    """The simulator's side: an asyncio loop in a thread, as SimCloud runs its hosts."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=30)
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+
+@dataclass
+class Node:
+    loop: Loop
+    host: SimHost
+    key: RootKey
+    settings: StepSettings
+    pin: str  # the host key as the fleet pinned it
+
+    @property
+    def traffic(self) -> ApiTraffic:
+        return self.host.traffic
+
+    def api(self, route: Route | None = None, timeout: float = 5, unlock: float = 10) -> NodeApi:
+        return NodeApi(
+            route or SshTunnel(self.settings, self.host.address, self.pin),
+            token=lambda path: route_token(self.key.private_hex, path),
+            timeout=timeout,
+            unlock_timeout=unlock,
+        )
+
+    def direct(self) -> Direct:
+        return Direct(self.host.address, self.host.ports.api)
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[Loop]:
+    running = Loop()
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def node(loop: Loop, tmp_path: Path) -> Iterator[Node]:
+    private, public = write_ssh_key(tmp_path)
+    address = f"127.{random.randint(100, 250)}.{random.randint(0, 250)}.{random.randint(1, 250)}"
+    host = SimHost(
+        address,
+        HostPorts(ssh=2222, api=3001),
+        "regtest",
+        "0.9.0",
+        asyncssh.read_public_key(str(public)),
+        fetch=lambda url: b"",
+        upload=lambda url, body: None,
+        unlock_seconds=0.05,
+    )
+    key = new_root_key()
+    loop.run(host.boot())
+    loop.run(host.set_root_key(key.public_hex))
+    loop.run(host.start())
+    settings = StepSettings(
+        ssh_port=2222, ssh_key_path=str(private), node_api_port=3001, ssh_timeout_seconds=5
+    )
+    try:
+        yield Node(loop, host, key, settings, public_key_text(host.host_key))
+    finally:
+        loop.run(host.power_off())
+
+
+def test_calls_go_through_the_tunnel_with_the_least_token(node: Node) -> None:
+    api = node.api()
+    assert api.init(PASSWORD, MNEMONIC) == MNEMONIC
+    api.unlock(PASSWORD, CHAIN)
+    info = api.node_info()
+    api.lock()
+    assert node.host.daemon is not None and info.pubkey == node.host.daemon.node_pubkey
+    assert node.host.disk.mnemonic == MNEMONIC.reveal() and not node.host.daemon.unlocked
+    assert (node.traffic.tunnelled, node.traffic.direct, node.traffic.direct_secrets) == (4, 0, 0)
+    assert dict(node.traffic.roles) == {
+        ("/init", "admin"): 1,
+        ("/unlock", "admin"): 1,
+        ("/nodeinfo", "read-only"): 1,
+        ("/lock", "admin"): 1,
+    }
+
+
+def test_direct_mode_is_plain_http_to_the_address_and_counted(node: Node) -> None:
+    api = node.api(node.direct())
+    api.init(PASSWORD, MNEMONIC)
+    api.unlock(PASSWORD, CHAIN)
+    api.node_info()
+    api.lock()
+    # /init and /unlock carry the password (and an admin token), /lock an admin token;
+    # /nodeinfo only a read-only token and no body.
+    assert (node.traffic.tunnelled, node.traffic.direct, node.traffic.direct_secrets) == (0, 4, 3)
+
+
+def test_a_changed_host_key_holds_the_node_before_the_daemon_hears_anything(
+    node: Node,
+) -> None:
+    commands = list(node.host.commands)
+    node.loop.run(node.host.change_host_key())
+    with pytest.raises(HoldNode) as held:
+        node.api().unlock(PASSWORD, CHAIN)
+    assert "changed since it was pinned" in str(held.value)
+    assert "possible man in the middle" in str(held.value)
+    assert node.traffic == ApiTraffic()  # not one call reached the daemon
+    assert node.host.disk.unlock_calls == 0
+    # The agent's connection is the same one: the same check, the same words.
+    with pytest.raises(HoldNode) as agent_held:
+        FabricAgent(node.settings).run(node.host.address, node.pin, "status")
+    assert str(agent_held.value) == str(held.value)
+    assert node.host.commands == commands
+
+
+def snapshot(address: str | None, ssh_host_key: str | None) -> NodeSnapshot:
+    return NodeSnapshot(
+        id=1, name="n1", owner="o", region="eu-west-1", instance_type="t3.small",
+        network="regtest", current_version=None, target_version=None, state="wallet",
+        instance_id="i-1", address=address, node_pubkey=None, ssh_host_key=ssh_host_key,
+        attempts=0, step_run=1, wallet_initialised=True, launch_generation=0,
+    )  # fmt: skip
+
+
+def test_a_node_without_a_pinned_key_gets_no_tunnel() -> None:
+    settings = StepSettings()
+    with pytest.raises(HoldNode, match="no pinned SSH host key"):
+        node_route(settings, snapshot("127.0.0.9", None))
+    route = node_route(settings, snapshot("127.0.0.9", "ssh-ed25519 AAAA"))
+    assert isinstance(route, SshTunnel) and route.pinned_key == "ssh-ed25519 AAAA"
+    with pytest.raises(HoldNode, match="has no address"):
+        node_route(settings, snapshot(None, "ssh-ed25519 AAAA"))
+    # Direct only when asked for: it needs no pin, and goes to the address.
+    direct = settings.model_copy(update={"node_api_transport": "direct"})
+    assert node_route(direct, snapshot("127.0.0.9", None)) == Direct("127.0.0.9", 3001)
+    assert StepSettings().node_api_transport == "ssh"
+
+
+def test_the_transport_setting_takes_only_ssh_or_direct(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_NODE_API_TRANSPORT", "direct")
+    assert StepSettings().node_api_transport == "direct"
+    monkeypatch.setenv("FLEET_NODE_API_TRANSPORT", "plain")
+    with pytest.raises(ValueError, match="node_api_transport"):
+        StepSettings()
+
+
+def test_a_stopped_daemon_is_unreachable_and_the_error_holds_no_secret(node: Node) -> None:
+    node.loop.run(node.host.stop())
+    calls: list[Callable[[NodeApi], object]] = [
+        lambda api: api.unlock(PASSWORD, CHAIN),
+        lambda api: api.init(PASSWORD, MNEMONIC),
+    ]
+    for call in calls:
+        with pytest.raises(NodeUnreachable) as unreachable:
+            call(node.api())
+        message = str(unreachable.value)
+        assert "ConnectError" in message
+        for secret in (PASSWORD.reveal(), MNEMONIC.reveal(), CHAIN.bitcoind_rpc_password):
+            assert secret not in message
+    assert node.traffic == ApiTraffic()
+
+
+def test_a_dead_host_is_unreachable(node: Node) -> None:
+    node.loop.run(node.host.power_off())
+    with pytest.raises(NodeUnreachable, match=r"^/nodeinfo: no SSH session with 127\."):
+        node.api().node_info()
+
+
+def test_read_timeouts_hold_and_unlock_gets_its_longer_one(node: Node) -> None:
+    api = node.api(timeout=0.3, unlock=5)
+    api.init(PASSWORD, MNEMONIC)
+    node.host.faults.api.latency_seconds = 0.6
+    with pytest.raises(NodeUnreachable, match=r"^/nodeinfo: ReadTimeout$"):
+        api.node_info()
+    api.unlock(PASSWORD, CHAIN)  # slower than the read timeout, within the unlock one
+    assert node.host.daemon is not None and node.host.daemon.unlocked
+
+
+def test_cost_per_call(node: Node) -> None:
+    """What one read call costs: a fresh SSH session per call (what the fleet does),
+    against a channel on an SSH session kept open, and plain HTTP (direct mode)."""
+    node.api().init(PASSWORD, MNEMONIC)
+    node.api().unlock(PASSWORD, CHAIN)
+    rounds = 20
+
+    def per_call(make: Callable[[], NodeApi]) -> float:
+        timings = []
+        for _ in range(rounds):
+            began = time.perf_counter()
+            make().node_info()
+            timings.append(time.perf_counter() - began)
+        return statistics.median(timings)
+
+    connection = pinned_connection(node.settings, node.host.address, node.pin)
+
+    class KeptSession:
+        origin = SshTunnel(node.settings, node.host.address, node.pin).origin
+
+        def connect(self, timeout: float) -> ChannelStream:
+            return _ChannelOnly(connection, open_api_channel(connection, 3001, timeout))
+
+    try:
+        figures = {
+            "SSH session per call": per_call(node.api),
+            "channel on a kept SSH session": per_call(lambda: node.api(KeptSession())),
+            "direct HTTP": per_call(lambda: node.api(node.direct())),
+        }
+    finally:
+        connection.close()
+    print(
+        f"\n/nodeinfo, median of {rounds}: "
+        + ", ".join(f"{name} {seconds * 1000:.1f} ms" for name, seconds in figures.items())
+    )
+    assert node.traffic.tunnelled == 2 + 2 * rounds and node.traffic.direct == rounds
+    assert figures["SSH session per call"] < 1.0
+
+
+class _ChannelOnly(ChannelStream):
+    """Closes its channel, not the SSH session under it (the kept-session figure)."""
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def test_lifecycle_in_direct_mode_sends_its_secrets_in_clear(
+    simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
+) -> None:
+    """Direct mode is what it says: the calls reach the daemon from the network, the
+    password and admin tokens with them."""
+    node_ids = add_nodes(db_url, ["plain"])
+    start_worker(env=simulation.env | {"FLEET_NODE_API_TRANSPORT": "direct"})
+    reach(db_url, node_ids, "live")
+    traffic = simulation.cloud.api_traffic()
+    assert traffic.tunnelled == 0
+    # start: /nodeinfo (read-only); wallet: /unlock (NotInitialized), /init, /unlock,
+    # each with the password, then /nodeinfo.
+    assert traffic.direct >= 5 and traffic.direct_secrets >= 3
+    assert {role for (path, role) in traffic.roles if path == "/nodeinfo"} == {"read-only"}
+    assert fetch(db_url, "SELECT state FROM nodes") == [("live",)]
