@@ -44,7 +44,7 @@ from sim.demo import ARTIFACT, RELEASE, as_login, fleet_environment, fleet_login
 from sim.host import HostFaults
 from sim.rln_daemon import ApiFaults
 from sim.services import Services, admin_execute, database_url, local_services
-from worker.reconcile import reconcile
+from worker.reconcile import FleetMarks, reconcile
 
 # The flush comes this long after the nodes are inserted: jobs are queued and running.
 FLUSH_AFTER_SECONDS = 2.0
@@ -406,7 +406,8 @@ def check_no_orphans(env: dict[str, str], db_url: str) -> Check:
     engine = engine_for(db_url, "fleet-chaos")
     with engine.connect() as connection:
         fleet = fleet_id(connection)
-    findings = reconcile(engine, Ec2Cloud(settings, fleet), fleet, ["eu-west-1"])
+    marks = FleetMarks(fleet, settings.fleet_tag)
+    findings = reconcile(engine, Ec2Cloud(settings, fleet), marks, ["eu-west-1"])
     bad = [f for f in findings if f.kind in ("orphan", "duplicate")]
     return Check(
         "no orphaned or duplicate instance (reconcile)",

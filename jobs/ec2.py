@@ -68,8 +68,6 @@ def client_token(fleet_id: str, node_id: int, launch_generation: int) -> str:
 class Cloud(Protocol):
     def find_instances(self, region: str, node_id: int) -> list[Instance]: ...
 
-    def fleet_instances(self, region: str) -> list[Instance]: ...
-
     def tagged_instances(self, region: str) -> list[Instance]: ...
 
     def launch(self, node: NodeSnapshot) -> Instance: ...
@@ -77,6 +75,8 @@ class Cloud(Protocol):
     def describe(self, region: str, instance_id: str) -> Instance | None: ...
 
     def terminate(self, region: str, instance_id: str) -> None: ...
+
+    def adopt(self, region: str, instance_id: str) -> None: ...
 
 
 class Ec2Cloud:
@@ -88,14 +88,6 @@ class Ec2Cloud:
         """The node's instances that are not terminated: this fleet's, tagged for it."""
         filters = [
             {"Name": f"tag:{NODE_ID_TAG}", "Values": [str(node_id)]},
-            {"Name": f"tag:{FLEET_ID_TAG}", "Values": [self.fleet_id]},
-            {"Name": "instance-state-name", "Values": ALIVE},
-        ]
-        return self._describe(region, Filters=filters)
-
-    def fleet_instances(self, region: str) -> list[Instance]:
-        """Every instance of this fleet in the region that is not terminated."""
-        filters = [
             {"Name": f"tag:{FLEET_ID_TAG}", "Values": [self.fleet_id]},
             {"Name": "instance-state-name", "Values": ALIVE},
         ]
@@ -151,6 +143,11 @@ class Ec2Cloud:
 
     def terminate(self, region: str, instance_id: str) -> None:
         self._client(region).terminate_instances(InstanceIds=[instance_id])
+
+    def adopt(self, region: str, instance_id: str) -> None:
+        """Tag an instance with this fleet's id (one launched before fleets had ids)."""
+        tags = [{"Key": FLEET_ID_TAG, "Value": self.fleet_id}]
+        self._client(region).create_tags(Resources=[instance_id], Tags=tags)
 
     def _describe(self, region: str, **query: Any) -> list[Instance]:
         pages = self._client(region).get_paginator("describe_instances").paginate(**query)

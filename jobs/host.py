@@ -79,7 +79,7 @@ def pinned_connection(settings: StepSettings, address: str, pinned_key: str | No
         raise HoldNode(
             f"SSH host key of {address} changed since it was pinned: "
             "possible man in the middle; nothing was sent: check the host, then record its"
-            " checked key in nodes.ssh_host_key"
+            " checked key in nodes.ssh_host_key (as the schema owner)"
         ) from None
     except (OSError, paramiko.SSHException) as exc:
         connection.close()

@@ -32,7 +32,7 @@ def node_route(settings: StepSettings, node: NodeSnapshot) -> Route:
         raise HoldNode(
             f"node {node.name} has no pinned SSH host key (missing or cleared): nothing was"
             " sent; its API is reached only through SSH with a pinned key: record the"
-            " host's checked key in nodes.ssh_host_key, then retry"
+            " host's checked key in nodes.ssh_host_key (as the schema owner), then retry"
         )
     return SshTunnel(settings, node.address, node.ssh_host_key)
 

@@ -21,6 +21,19 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade(database_url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
+    if revision == "head":
+        grant_connect(database_url)
+
+
+def grant_connect(database_url: str) -> None:
+    """Database grants are not part of the database (a copy or a restored dump has none):
+    after every upgrade, only this database's own logins may connect to it."""
+    engine = create_engine(sqlalchemy_url(database_url), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT fleet_grant_connect()"))
+    finally:
+        engine.dispose()
 
 
 def create_database(database_url: str) -> bool:

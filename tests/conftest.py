@@ -97,11 +97,13 @@ def db_url(services: Services, template_db: str) -> Iterator[str]:
     name = f"fleet_test_{uuid.uuid4().hex[:12]}"
     admin_execute(services.postgres_url, f"CREATE DATABASE {name} TEMPLATE {template_db}")
     url = database_url(services.postgres_url, name)
-    # A copy of the template would share its fleet id: each test is a fleet of its own.
     with psycopg.connect(url, autocommit=True) as connection:
+        # A copy of the template would share its fleet id: each test is a fleet of its own.
         connection.execute(
             "UPDATE fleet_identity SET fleet_id = replace(gen_random_uuid()::text, '-', '')"
         )
+        # Nor does a copy have the template's CONNECT grants: as `fleet db upgrade` does.
+        connection.execute("SELECT fleet_grant_connect()")
     yield url
     admin_execute(services.postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 

@@ -88,3 +88,34 @@ def test_reconcile_asks_before_terminating(simulation: Simulation, db_url: str) 
     assert "nothing terminated" in refused.stderr
     states = {i["InstanceId"]: i["State"]["Name"] for i in simulation.instances()}  # type: ignore[index]
     assert states[stranger] == "running"
+
+
+def test_instances_from_before_fleet_ids_are_adopted_not_lost(
+    simulation: Simulation, db_url: str
+) -> None:
+    """Upgrading a fleet that has instances: they carry FLEET_TAG and a node id but no
+    fleet id. While their rows name them they are neither foreign nor gone, and
+    `--adopt-legacy` tags them as this fleet's."""
+    [node_id] = add_nodes(db_url, ["veteran"], state="new")
+    tags = [{"Key": "rln-fleet", "Value": "rln-fleet"},
+            {"Key": "rln-fleet:node-id", "Value": str(node_id)}]  # fmt: skip
+    answer = simulation.cloud.client("ec2").run_instances(
+        ImageId="ami-0123456789abcdef0", InstanceType="t3.small", MinCount=1, MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+    )  # fmt: skip
+    old = str(answer["Instances"][0]["InstanceId"])
+    with psycopg.connect(db_url, autocommit=True) as db:
+        db.execute("SET session_replication_role = replica")
+        db.execute("UPDATE nodes SET state = 'live', instance_id = %s", (old,))
+
+    report = json.loads(reconcile(simulation, "--json").stdout)
+    assert [(f["kind"], f["instance_id"]) for f in report["findings"]] == [("legacy", old)]
+    assert report["held"] == 0  # not mistaken for an instance that is gone
+
+    adopted = reconcile(simulation, "--adopt-legacy")
+    assert adopted.returncode == 0, adopted.stderr
+    assert f"adopted {old}" in adopted.stdout
+    [(fleet_id,)] = fetch(db_url, "SELECT fleet_id FROM fleet_identity")
+    [instance] = simulation.instances_of(node_id)
+    assert {"Key": "rln-fleet:fleet-id", "Value": fleet_id} in instance["Tags"]  # type: ignore[operator]
+    assert json.loads(reconcile(simulation, "--json").stdout)["findings"] == []

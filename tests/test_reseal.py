@@ -70,7 +70,7 @@ def vault(db_url: str) -> Iterator[Vault]:
 
 
 @pytest.fixture
-def run(fleet_env: dict[str, str], vault: Vault) -> Run:
+def run(operator_env: dict[str, str], vault: Vault) -> Run:
     """`fleet` with the rotated key ring (or `keys`); its output may hold no secret unless
     the command is to reveal them."""
 
@@ -79,7 +79,7 @@ def run(fleet_env: dict[str, str], vault: Vault) -> Run:
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "worker", *args],
-            env={**fleet_env, **keys}, capture_output=True, text=True, timeout=60, check=False,
+            env={**operator_env, **keys}, capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         if not reveals:
             vault.assert_not_in(result.stdout + result.stderr)
@@ -124,10 +124,10 @@ def reseals_waiting(db_url: str) -> int:
     return int(waiting)
 
 
-def start_reseal(fleet_env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+def start_reseal(operator_env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "worker", "secrets", "reseal", *args],
-        env={**fleet_env, **ROTATED}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**operator_env, **ROTATED}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
 
@@ -191,12 +191,12 @@ def test_a_partial_reseal_is_finished_by_a_rerun(run: Run, vault: Vault, db_url:
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT])
 def test_a_reseal_stopped_in_the_middle_loses_nothing(
-    stop: signal.Signals, run: Run, vault: Vault, fleet_env: dict[str, str], db_url: str
+    stop: signal.Signals, run: Run, vault: Vault, operator_env: dict[str, str], db_url: str
 ) -> None:
     node_ids = add_nodes(db_url, ["cut-1", "cut-2"])
     vault.store(OLD_RING, node_ids)
     with row_locked(db_url, node_ids[1], "api_root_key"):  # the 4th row in the run's order
-        process = start_reseal(fleet_env)
+        process = start_reseal(operator_env)
         wait_until(lambda: reseals_waiting(db_url) == 1, 30, "the reseal waits at row 4")
         process.send_signal(stop)
         stdout, stderr = process.communicate(timeout=30)
@@ -216,13 +216,13 @@ def test_a_reseal_stopped_in_the_middle_loses_nothing(
 
 
 def test_two_reseals_at_once_change_each_secret_once(
-    vault: Vault, fleet_env: dict[str, str], db_url: str
+    vault: Vault, operator_env: dict[str, str], db_url: str
 ) -> None:
     node_ids = add_nodes(db_url, [f"twin-{n}" for n in range(8)])
     vault.store(OLD_RING, node_ids)
     # Both runs read the first row's old seal and wait at its UPDATE, then race on.
     with row_locked(db_url, node_ids[0], "api_root_key"):
-        runs = [start_reseal(fleet_env, "--json") for _ in range(2)]
+        runs = [start_reseal(operator_env, "--json") for _ in range(2)]
         wait_until(lambda: reseals_waiting(db_url) == 2, 30, "both reseals wait at row 1")
     outputs = [process.communicate(timeout=60) for process in runs]
     for process, (stdout, stderr) in zip(runs, outputs, strict=True):

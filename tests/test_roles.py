@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 import migrations
 from models.logins import FleetRole
 from sim.services import Services, admin_execute, database_url
-from tests.conftest import fetch, role_url
+from tests.conftest import TEMPLATE, fetch, role_url
 
 Fleet = Callable[..., subprocess.CompletedProcess[str]]
 WORKER_NAME = "fleet-worker:forged:1:abcdef"
@@ -200,6 +200,9 @@ def test_a_login_reaches_its_own_database_only(
     admin_execute(admin, f"CREATE DATABASE {other}")
     try:
         migrations.upgrade(database_url(admin, other))
+        # Each migrated database is a fleet of its own (the template was migrated too).
+        ids = "SELECT fleet_id FROM fleet_identity"
+        assert fetch(database_url(admin, other), ids) != fetch(database_url(admin, TEMPLATE), ids)
         for url in (owner_login, role_url(db_url, "worker")):
             elsewhere = make_url(url).set(database=other).render_as_string(hide_password=False)
             with pytest.raises(psycopg.OperationalError) as refused:
@@ -207,6 +210,35 @@ def test_a_login_reaches_its_own_database_only(
             assert "permission denied for database" in str(refused.value)
         # Created here, the login still works here.
         psycopg.connect(owner_login).close()
+        # Even let in by a CONNECT grant nobody meant, another fleet's logins get nothing:
+        # row-level security asks this database's own list of logins.
+        other_url = database_url(admin, other)
+        with psycopg.connect(other_url, autocommit=True) as owner:
+            owner.execute(
+                "INSERT INTO nodes (name, owner, region, instance_type, network)"
+                " VALUES ('alice-9', 'alice', 'eu-west-1', 't3.small', 'regtest')"
+            )
+            owner.execute(
+                "INSERT INTO node_secrets (node_id, kind, key_id, nonce, ciphertext)"
+                " SELECT id, 'mnemonic', 'k1', '\\x01', '\\x02' FROM nodes"
+            )
+            owner.execute("SET session_replication_role = replica")
+            owner.execute("UPDATE nodes SET state = 'instance', lease_owner = 'w',"
+                          " lease_expires_at = now() + interval '1 hour'")  # fmt: skip
+            for url in (owner_login, role_url(db_url, "worker")):
+                login = make_url(url).username
+                owner.execute(f"GRANT CONNECT ON DATABASE {other} TO {login}")
+        stray_worker = make_url(role_url(db_url, "worker")).set(database=other)
+        with psycopg.connect(
+            stray_worker.render_as_string(hide_password=False), autocommit=True
+        ) as stray:
+            assert stray.execute("SELECT count(*) FROM nodes").fetchall() == [(0,)]
+            assert stray.execute("SELECT count(*) FROM node_secrets").fetchall() == [(0,)]
+            stray.execute("UPDATE nodes SET state = 'key'")  # sees no row to move
+        stray_app = make_url(owner_login).set(database=other)
+        with psycopg.connect(stray_app.render_as_string(hide_password=False)) as stray:
+            assert stray.execute("SELECT count(*) FROM fleet_nodes").fetchall() == [(0,)]
+        assert fetch(other_url, "SELECT state FROM nodes") == [("instance",)]
     finally:
         admin_execute(admin, f"DROP DATABASE {other} WITH (FORCE)")
 

@@ -382,6 +382,12 @@ def release_list(as_json: JsonFlag = False) -> None:
 def reconcile_command(
     fix: Annotated[bool, typer.Option("--fix", help="Terminate orphans and duplicates")] = False,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask before terminating")] = False,
+    adopt_legacy: Annotated[
+        bool,
+        typer.Option(
+            "--adopt-legacy", help="Tag instances from before fleet ids with this fleet's"
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Compare the cloud with the rows: orphaned and duplicate instances, lost ones."""
@@ -395,7 +401,8 @@ def reconcile_command(
     with engine.connect() as connection:
         fleet = fleet_id(connection)
     cloud = Ec2Cloud(config, fleet)
-    findings = reconcile.reconcile(engine, cloud, fleet, list(config.regions))
+    marks = reconcile.FleetMarks(fleet, config.fleet_tag)
+    findings = reconcile.reconcile(engine, cloud, marks, list(config.regions))
     held = reconcile.hold_missing(engine, findings)
     if as_json:
         print_json({"findings": [asdict(f) for f in findings], "held": held})
@@ -412,6 +419,9 @@ def reconcile_command(
             raise BadInput("nothing terminated")
         for instance_id in reconcile.fix(cloud, findings):
             out.print(f"terminated {instance_id}")
+    if adopt_legacy:
+        for instance_id in reconcile.adopt_legacy(cloud, findings):
+            out.print(f"adopted {instance_id}: tagged with fleet id {fleet}")
 
 
 @app.command("new-secret-key")

@@ -24,7 +24,7 @@ from models.session import engine_for
 from worker import metrics
 from worker.identity import process_name
 from worker.queue import DueStep, StepQueue
-from worker.reconcile import hold_missing, reconcile
+from worker.reconcile import FleetMarks, hold_missing, reconcile
 from worker.settings import FleetSettings
 
 log = structlog.get_logger()
@@ -103,7 +103,8 @@ class Dispatcher:
         with self.engine.connect() as connection:
             fleet = fleet_id(connection)
         cloud = Ec2Cloud(self.config, fleet)
-        findings = reconcile(self.engine, cloud, fleet, list(self.config.regions))
+        marks = FleetMarks(fleet, self.config.fleet_tag)
+        findings = reconcile(self.engine, cloud, marks, list(self.config.regions))
         for finding in findings:
             log.warning("reconcile", **asdict(finding))
         held = hold_missing(self.engine, findings)

@@ -5,7 +5,9 @@
 - missing: a row that should have an instance (past `instance`, before `destroy`) whose
   instance is gone; such a row is held with an error naming the instance;
 - foreign: an instance another fleet tagged (another fleet id, or none): reported, never
-  touched, never matched to our rows although its node id may equal one of ours.
+  touched, never matched to our rows although its node id may equal one of ours;
+- legacy: an instance this fleet launched before fleets had ids (our FLEET_TAG, no fleet
+  id) that its row still names: `--adopt-legacy` tags it with the fleet id.
 Only orphans and duplicates are ever terminated, and only when asked (--fix)."""
 
 from collections import defaultdict
@@ -14,11 +16,11 @@ from typing import Literal
 
 from sqlalchemy import Engine, select
 
-from jobs.ec2 import Cloud, Instance
+from jobs.ec2 import FLEET_TAG, Cloud, Instance
 from models.queries import query
 from models.tables import NodeRow
 
-FindingKind = Literal["orphan", "duplicate", "missing", "foreign"]
+FindingKind = Literal["orphan", "duplicate", "missing", "foreign", "legacy"]
 NEEDS_INSTANCE = ("key", "start", "wallet", "live", "stop", "stopped", "update")
 
 
@@ -41,16 +43,36 @@ class _Row:
     instance_id: str | None
 
 
-def reconcile(engine: Engine, cloud: Cloud, fleet_id: str, regions: list[str]) -> list[Finding]:
+@dataclass(frozen=True)
+class FleetMarks:
+    """How this fleet's instances are tagged: its id, and (before ids) its FLEET_TAG."""
+
+    fleet_id: str
+    fleet_tag: str
+
+
+def reconcile(engine: Engine, cloud: Cloud, marks: FleetMarks, regions: list[str]) -> list[Finding]:
     rows = _rows(engine)
     findings: list[Finding] = []
     for region in regions:
         tagged = cloud.tagged_instances(region)
-        ours = [i for i in tagged if i.fleet_id() == fleet_id]
-        findings += _foreign(region, [i for i in tagged if i.fleet_id() != fleet_id])
+        ours = [i for i in tagged if i.fleet_id() == marks.fleet_id]
+        legacy = [i for i in tagged if _legacy(i, rows, marks)]
+        others = [i for i in tagged if i.fleet_id() != marks.fleet_id and i not in legacy]
+        findings += _foreign(region, others)
+        findings += [_legacy_finding(region, i, rows) for i in legacy]
         findings += _orphans_and_duplicates(region, ours, rows)
-        findings += _missing(region, ours, rows)
+        findings += _missing(region, ours + legacy, rows)
     return findings
+
+
+def adopt_legacy(cloud: Cloud, findings: list[Finding]) -> list[str]:
+    """Tag the legacy instances with the fleet id; return their ids."""
+    adopted = [f for f in findings if f.kind == "legacy" and f.instance_id]
+    for finding in adopted:
+        assert finding.instance_id is not None
+        cloud.adopt(finding.region, finding.instance_id)
+    return [f.instance_id for f in adopted if f.instance_id]
 
 
 def hold_missing(engine: Engine, findings: list[Finding]) -> int:
@@ -80,6 +102,30 @@ def _rows(engine: Engine) -> dict[int, _Row]:
             r.id: _Row(r.id, r.name, r.state, r.region, r.instance_id)
             for r in connection.execute(statement)
         }
+
+
+def _legacy(instance: Instance, rows: dict[int, _Row], marks: FleetMarks) -> bool:
+    node_id = instance.node_id()
+    row = rows.get(node_id) if node_id is not None else None
+    return (
+        instance.fleet_id() is None
+        and instance.tags.get(FLEET_TAG) == marks.fleet_tag
+        and row is not None
+        and row.instance_id == instance.id
+    )
+
+
+def _legacy_finding(region: str, instance: Instance, rows: dict[int, _Row]) -> Finding:
+    node_id = instance.node_id()
+    name = rows[node_id].name if node_id is not None else None
+    return Finding(
+        "legacy",
+        region,
+        instance.id,
+        node_id,
+        name,
+        "launched before fleet ids; its row names it: `fleet reconcile --adopt-legacy` tags it",
+    )
 
 
 def _foreign(region: str, instances: list[Instance]) -> list[Finding]:

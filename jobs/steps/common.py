@@ -42,7 +42,8 @@ def host_address(context: StepContext) -> str:
     if node.state != "key":
         raise HoldNode(
             f"the SSH host key pin of node {node.name} is missing although its key step"
-            " pinned it: nothing was sent; check the host, then pin its key again"
+            " pinned it: nothing was sent; check the host, then record its key in"
+            " nodes.ssh_host_key (as the schema owner) and retry"
         )
     return observed_address(context)
 

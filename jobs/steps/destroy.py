@@ -15,20 +15,24 @@ def destroy_node(context: StepContext) -> Outcome:
     # this fleet's instances of this node: an id in the row that EC2 tags otherwise is
     # left alone, and the history says so.
     instances = {i.id: i for i in tools.cloud.find_instances(node.region, node.id)}
+    foreign = None
     if node.instance_id and node.instance_id not in instances:
         known = tools.cloud.describe(node.region, node.instance_id)
         if known is not None and known.belongs_to(tools.fleet_id, node.id):
             instances[known.id] = known
         elif known is not None and known.state != "terminated":
-            context.note(
-                "note",
-                f"instance {known.id} in the row is not this fleet's instance for node"
-                f" {node.name}: not terminated",
-            )
+            foreign = known.id
     alive = [i for i in instances.values() if i.state != "terminated"]
+    terminating = any(i.state != "shutting-down" for i in alive)
+    if foreign and (terminating or not alive):  # not on every poll while ours shut down
+        context.note(
+            "note",
+            f"instance {foreign} in the row is not this fleet's instance for node"
+            f" {node.name}: not terminated",
+        )
     if not alive:
         return Done()
-    if any(i.state != "shutting-down" for i in alive):
+    if terminating:
         _back_up_if_answering(context)
         for instance in alive:
             tools.cloud.terminate(node.region, instance.id)

@@ -37,14 +37,17 @@ WHERE node_pubkey IS NOT NULL
    OR state IN ('live', 'stop', 'stopped', 'update')
    OR EXISTS (SELECT 1 FROM node_secrets s WHERE s.node_id = nodes.id AND s.kind = 'mnemonic');
 
--- Bumped when a node is to get a new instance (a replacement); part of the ClientToken, so
--- a relaunch is a new request to EC2 while a retried launch is the same one.
+-- Part of the ClientToken, so that a launch retried is the same request to EC2. 0 for
+-- every node today; a replacement of a dead host (not built yet) will bump it, so that a
+-- relaunch is a new request rather than the old instance again.
 ALTER TABLE nodes ADD COLUMN launch_generation integer NOT NULL DEFAULT 0
     CONSTRAINT nodes_launch_generation_positive CHECK (launch_generation >= 0);
 
 -- The database login that made each change. `actor` stays the session's label
--- (application_name), which any client may set; `login` is who authenticated.
-ALTER TABLE node_history ADD COLUMN login text NOT NULL DEFAULT session_user;
+-- (application_name), which any client may set; `login` is who authenticated. Nobody
+-- recorded it before: earlier rows say so.
+ALTER TABLE node_history ADD COLUMN login text NOT NULL DEFAULT 'unknown';
+ALTER TABLE node_history ALTER COLUMN login SET DEFAULT session_user;
 
 -- A step's note in the history: what it left alone and why (a foreign instance id).
 ALTER TABLE node_history DROP CONSTRAINT node_history_event_check;

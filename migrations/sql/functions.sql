@@ -14,6 +14,15 @@ CREATE OR REPLACE FUNCTION fleet_actor() RETURNS text LANGUAGE sql STABLE AS $$
     SELECT coalesce(nullif(current_setting('application_name', true), ''), session_user::text)
 $$;
 
+-- The fleet role this database's create-login gave the session's login, or NULL. Roles
+-- are cluster-wide, so membership of fleet_app alone could be another fleet's login (one
+-- that reaches this database through a CONNECT grant nobody meant): the row-level
+-- security policies and the worker check ask this database's own fleet_logins instead.
+CREATE OR REPLACE FUNCTION fleet_login_role() RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+    SELECT role FROM fleet_logins WHERE login = session_user::text
+$$;
+
 -- The owner whose nodes this login is limited to (an app or reader login made with
 -- --owner), or NULL for a fleet-wide login.
 CREATE OR REPLACE FUNCTION fleet_login_owner() RETURNS text
@@ -21,12 +30,14 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
     SELECT owner FROM fleet_logins WHERE login = session_user::text
 $$;
 
--- Whether this session may take worker edges and keep a lease through them: a login that
--- is a member of fleet_worker. Superusers are members of every role, and are refused: no
--- fleet process runs as one, so a superuser's session is a person at psql, never a worker.
+-- Whether this session may take worker edges and keep a lease through them: a worker login
+-- made for this database, and a member of fleet_worker. Superusers are members of every
+-- role, and are refused: no fleet process runs as one, so a superuser's session is a
+-- person at psql, never a worker.
 CREATE OR REPLACE FUNCTION fleet_is_worker() RETURNS boolean
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
-    SELECT pg_has_role(session_user, 'fleet_worker', 'MEMBER')
+    SELECT fleet_login_role() IS NOT DISTINCT FROM 'worker'
+           AND pg_has_role(session_user, 'fleet_worker', 'MEMBER')
            AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = session_user)
 $$;
 
@@ -173,8 +184,23 @@ LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp AS $$
         next_attempt_at = now()
     WHERE name = node_name
       AND held_at IS NOT NULL
+      AND fleet_login_role() IN ('app', 'api', 'operator')
       AND (fleet_login_owner() IS NULL OR owner = fleet_login_owner())
     RETURNING id
+$$;
+
+-- Who may connect: the logins made for this database, and nobody by default. Database
+-- grants live outside the database, so a copy (CREATE DATABASE ... TEMPLATE, a restored
+-- dump) starts without them: `fleet db upgrade` applies this after every migration run.
+CREATE OR REPLACE FUNCTION fleet_grant_connect() RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    made text;
+BEGIN
+    EXECUTE format('REVOKE ALL ON DATABASE %I FROM PUBLIC', current_database());
+    FOR made IN SELECT l.login FROM fleet_logins l JOIN pg_roles r ON r.rolname = l.login LOOP
+        EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), made);
+    END LOOP;
+END
 $$;
 
 -- `fleet db create-login`: a login with one fleet role, able to connect to this database
@@ -196,8 +222,7 @@ BEGIN
                    login_name, scram_verifier, 'fleet_' || fleet_role);
     -- Roles are cluster-wide, grants on a database are not: this login may connect here
     -- and nowhere else, and nobody may connect who was not made a login.
-    EXECUTE format('REVOKE ALL ON DATABASE %I FROM PUBLIC', current_database());
-    EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), login_name);
+    PERFORM fleet_grant_connect();
 END
 $$;
 

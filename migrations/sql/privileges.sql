@@ -50,7 +50,7 @@ GRANT INSERT (name, owner, region, instance_type, network, current_version, stat
     ON nodes TO fleet_app, fleet_api, fleet_operator;
 GRANT UPDATE (state, target_version) ON nodes TO fleet_app, fleet_api, fleet_operator;
 GRANT EXECUTE ON FUNCTION fleet_retry_node(text) TO fleet_app, fleet_api, fleet_operator;
-GRANT EXECUTE ON FUNCTION fleet_actor(), fleet_login_owner(), fleet_is_worker()
+GRANT EXECUTE ON FUNCTION fleet_actor(), fleet_login_role(), fleet_login_owner(), fleet_is_worker()
     TO fleet_app, fleet_api, fleet_reader, fleet_worker, fleet_dispatcher, fleet_operator;
 
 -- The API remembers the first answer to each Idempotency-Key.
@@ -76,28 +76,42 @@ GRANT SELECT, UPDATE ON launch_budget TO fleet_worker;
 GRANT UPDATE (lease_owner, lease_expires_at, attempts, last_error, held_at, next_attempt_at)
     ON nodes TO fleet_dispatcher;
 
--- Row-level security: the fleet's processes see every row; an app or reader login bound to
--- an owner sees and moves only that owner's nodes and their history. The schema owner
+-- Row-level security, failing closed: a row is visible only to a login made for this
+-- database (fleet_logins; a login of another fleet's database has the same group roles
+-- but no row here), the fleet's processes see every row, and an app or reader login bound
+-- to an owner sees and moves only that owner's nodes and their history. The schema owner
 -- (migrations) is not subject to it.
 ALTER TABLE nodes ENABLE ROW LEVEL SECURITY;
 ALTER TABLE node_history ENABLE ROW LEVEL SECURITY;
+ALTER TABLE node_secrets ENABLE ROW LEVEL SECURITY;
 
 DROP POLICY IF EXISTS nodes_fleet_wide ON nodes;
 CREATE POLICY nodes_fleet_wide ON nodes
     TO fleet_api, fleet_worker, fleet_dispatcher, fleet_operator
-    USING (true) WITH CHECK (true);
+    USING ((SELECT fleet_login_role()) IS NOT NULL)
+    WITH CHECK ((SELECT fleet_login_role()) IS NOT NULL);
 DROP POLICY IF EXISTS nodes_of_owner ON nodes;
 CREATE POLICY nodes_of_owner ON nodes
     TO fleet_app, fleet_reader
-    USING ((SELECT fleet_login_owner()) IS NULL OR owner = (SELECT fleet_login_owner()))
-    WITH CHECK ((SELECT fleet_login_owner()) IS NULL OR owner = (SELECT fleet_login_owner()));
+    USING ((SELECT fleet_login_role()) IS NOT NULL
+           AND ((SELECT fleet_login_owner()) IS NULL OR owner = (SELECT fleet_login_owner())))
+    WITH CHECK ((SELECT fleet_login_role()) IS NOT NULL
+                AND ((SELECT fleet_login_owner()) IS NULL
+                     OR owner = (SELECT fleet_login_owner())));
 
 DROP POLICY IF EXISTS history_fleet_wide ON node_history;
 CREATE POLICY history_fleet_wide ON node_history
     TO fleet_api, fleet_worker, fleet_dispatcher, fleet_operator
-    USING (true) WITH CHECK (true);
+    USING ((SELECT fleet_login_role()) IS NOT NULL)
+    WITH CHECK ((SELECT fleet_login_role()) IS NOT NULL);
 DROP POLICY IF EXISTS history_of_owner ON node_history;
 -- nodes is itself filtered for the same login, so this is "history of the nodes I see".
 CREATE POLICY history_of_owner ON node_history
     TO fleet_app, fleet_reader
     USING (node_id IN (SELECT id FROM nodes));
+
+DROP POLICY IF EXISTS secrets_of_this_fleet ON node_secrets;
+CREATE POLICY secrets_of_this_fleet ON node_secrets
+    TO fleet_worker, fleet_operator
+    USING ((SELECT fleet_login_role()) IN ('worker', 'operator'))
+    WITH CHECK ((SELECT fleet_login_role()) IN ('worker', 'operator'));
