@@ -37,6 +37,8 @@ class StepSettings(BaseSettings):
     # AWS. An endpoint URL points boto3 at something else than AWS (the simulator).
     aws_endpoint_url: str | None = None
     regions: dict[str, RegionConfig] = {}
+    # A label on every instance (its Name-like "rln-fleet" tag). Which fleet owns an
+    # instance is its fleet-id tag, made with the database, never this setting.
     fleet_tag: str = "rln-fleet"
     # Where a node's address comes from: its public IP, private IP, or a tag ("tag:Name").
     address_source: str = Field(default="public_ip", pattern=r"^(public_ip|private_ip|tag:.+)$")
