@@ -48,6 +48,7 @@ def run_bench(services: Services, tmp_path: Path) -> tuple[dict[str, Any], str, 
     return json.loads(out.read_text()), markdown.read_text(), done.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(BENCH_TIMEOUT_SECONDS + 20)
 def test_bench_runs_and_reports(services: Services, tmp_path: Path) -> None:
     record, markdown, printed = run_bench(services, tmp_path)

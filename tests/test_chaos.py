@@ -9,6 +9,7 @@ import pytest
 from benchmarks.chaos import Plan, run
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_the_fleet_survives_chaos(tmp_path: Path) -> None:
     plan = Plan(
