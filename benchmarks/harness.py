@@ -71,6 +71,10 @@ def fresh_database(bench: Bench, label: str) -> Iterator[str]:
     """A new database, migrated to head (its URL is the owner's); dropped on leaving,
     with the logins made for it."""
     name = f"fleet_bench_{label}_{uuid.uuid4().hex[:8]}"
+    # Job ids name node ids, which every fresh database starts again at 1, and RQ's job
+    # keys are per Redis database, not per queue: a run still queued from the last
+    # measurement would stand in for this one's.
+    redis.Redis.from_url(bench.services.redis_url).flushdb()
     admin_execute(bench.services.postgres_url, f"CREATE DATABASE {name}")
     url = database_url(bench.services.postgres_url, name)
     try:

@@ -6,6 +6,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -91,21 +92,31 @@ def role_url(db_url: str, role: FleetRole) -> str:
     return login.render_as_string(hide_password=False)
 
 
-@pytest.fixture
-def db_url(services: Services, template_db: str) -> Iterator[str]:
-    """A fresh database for one test, as its owner (what migrations run as)."""
-    name = f"fleet_test_{uuid.uuid4().hex[:12]}"
+@contextmanager
+def fleet_database(services: Services, template_db: str, prefix: str) -> Iterator[str]:
+    """A fleet of its own: a copy of the template, as its owner (what migrations run as),
+    dropped on leaving."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin_execute(services.postgres_url, f"CREATE DATABASE {name} TEMPLATE {template_db}")
     url = database_url(services.postgres_url, name)
     with psycopg.connect(url, autocommit=True) as connection:
-        # A copy of the template would share its fleet id: each test is a fleet of its own.
+        # A copy of the template would share its fleet id.
         connection.execute(
             "UPDATE fleet_identity SET fleet_id = replace(gen_random_uuid()::text, '-', '')"
         )
         # Nor does a copy have the template's CONNECT grants: as `fleet db upgrade` does.
         connection.execute("SELECT fleet_grant_connect()")
-    yield url
-    admin_execute(services.postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    try:
+        yield url
+    finally:
+        admin_execute(services.postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def db_url(services: Services, template_db: str) -> Iterator[str]:
+    """A fresh database for one test."""
+    with fleet_database(services, template_db, "fleet_test") as url:
+        yield url
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -16,8 +15,8 @@ import psycopg
 import pytest
 import redis
 
-from sim.services import Services, admin_execute, database_url
-from tests.conftest import add_nodes, fetch, role_url, wait_until
+from sim.services import Services
+from tests.conftest import add_nodes, fetch, fleet_database, role_url, wait_until
 from tests.simulation import Simulation
 from tests.test_lifecycle import reach, request
 from worker.dispatcher import Dispatcher
@@ -94,38 +93,33 @@ def other_fleet(
     services: Services, template_db: str, simulation: Simulation
 ) -> Iterator[OtherFleet]:
     """A second fleet in the same simulated AWS account, with the same FLEET_TAG: its own
-    database (node ids from 1 again, a fleet id of its own), queue, dispatcher and
-    worker. It is also exactly what this fleet's re-created database would be."""
-    name = f"fleet_other_{uuid.uuid4().hex[:12]}"
-    admin_execute(services.postgres_url, f"CREATE DATABASE {name} TEMPLATE {template_db}")
-    url = database_url(services.postgres_url, name)
-    with psycopg.connect(url, autocommit=True) as connection:
-        connection.execute(
-            "UPDATE fleet_identity SET fleet_id = replace(gen_random_uuid()::text, '-', '')"
+    database (node ids from 1 again, a fleet id of its own), Redis database, dispatcher
+    and worker. It is also exactly what this fleet's re-created database would be."""
+    with fleet_database(services, template_db, "fleet_other") as url:
+        # A Redis database of its own: job ids name node ids, the same in both fleets.
+        broker = simulation.settings.redis_url.rsplit("/", 1)[0] + "/1"
+        redis.Redis.from_url(broker).flushdb()
+        settings = simulation.settings.model_copy(
+            update={"database_url": role_url(url, "worker"), "owner_database_url": url,
+                    "redis_url": broker}
+        )  # fmt: skip
+        env = simulation.env | {
+            "FLEET_DATABASE_URL": settings.database_url,
+            "FLEET_OWNER_DATABASE_URL": url,
+            "FLEET_REDIS_URL": broker,
+        }
+        dispatcher = Dispatcher(
+            settings.model_copy(update={"database_url": role_url(url, "dispatcher")}),
+            redis.Redis.from_url(settings.redis_url),
         )
-    queue = f"fleet-other-{uuid.uuid4().hex[:8]}"
-    settings = simulation.settings.model_copy(
-        update={"database_url": role_url(url, "worker"), "owner_database_url": url,
-                "queue_name": queue}
-    )  # fmt: skip
-    env = simulation.env | {
-        "FLEET_DATABASE_URL": settings.database_url,
-        "FLEET_OWNER_DATABASE_URL": url,
-        "FLEET_QUEUE_NAME": queue,
-    }
-    dispatcher = Dispatcher(
-        settings.model_copy(update={"database_url": role_url(url, "dispatcher")}),
-        redis.Redis.from_url(settings.redis_url),
-    )
-    stop = threading.Event()
-    thread = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        yield OtherFleet(url, settings, env)
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-        admin_execute(services.postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        stop = threading.Event()
+        thread = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            yield OtherFleet(url, settings, env)
+        finally:
+            stop.set()
+            thread.join(timeout=10)
 
 
 def reconcile_fix(env: dict[str, str], db_url: str) -> list[dict[str, str]]:
