@@ -35,7 +35,8 @@ class NodeSnapshot:
     # The fleet may have created the node's wallet (it asked for /init): from then on only
     # the stored mnemonic may be used, never a new one.
     wallet_initialised: bool
-    # Part of the launch's ClientToken: a replacement instance is a new launch.
+    # Part of the launch's ClientToken. Always 0 today: a replacement of a dead host (not
+    # built yet) is to bump it, so that a relaunch is a new request to EC2.
     launch_generation: int
 
 
