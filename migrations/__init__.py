@@ -19,10 +19,30 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
+# The rules in force (every function and trigger, every privilege and policy) each have
+# one home, re-runnable, applied after the versioned migrations reach head (Flyway's
+# "repeatable migrations"): a versioned migration never applies them, because on a fresh
+# database it would run today's rules against a schema that later migrations still extend.
+RULES = ("functions.sql", "privileges.sql")
+
+
 def upgrade(database_url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
     if revision == "head":
+        apply_rules(database_url)
         grant_connect(database_url)
+
+
+def apply_rules(database_url: str) -> None:
+    engine = create_engine(sqlalchemy_url(database_url))
+    try:
+        with engine.begin() as connection:
+            driver_connection = connection.connection.driver_connection
+            assert driver_connection is not None
+            for name in RULES:
+                driver_connection.execute((MIGRATIONS_DIR / "sql" / name).read_text())
+    finally:
+        engine.dispose()
 
 
 def grant_connect(database_url: str) -> None:

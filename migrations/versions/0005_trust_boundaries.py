@@ -12,8 +12,6 @@ down_revision = "0004_step_chain"
 
 def upgrade() -> None:
     apply_sql("0005_trust_boundaries.sql")
-    apply_sql("functions.sql")
-    apply_sql("privileges.sql")
 
 
 def downgrade() -> None:
