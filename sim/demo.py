@@ -4,10 +4,11 @@ Postgres and Redis (embedded unless FLEET_DATABASE_URL / FLEET_REDIS_URL are set
 and the simulated hosts, one dispatcher and several `fleet worker` processes. It creates
 20 nodes with SQL and one more through the HTTP API (`fleet api`, trusting a loopback
 OpenID Connect issuer), drives them to live, then stops, updates, restarts and destroys
-some, shows where every node ended, and shuts everything down. The fleet runs its
-production code; the demo talks to it only as apps do: SQL, the API and `fleet`.
+some, shows where every node ended, and shuts everything down (or, with --keep, leaves it
+all running to explore until Ctrl-C). The fleet runs its production code; the demo talks
+to it only as apps do: SQL, the API and `fleet`.
 
-    ./scripts/demo [--nodes 20] [--workers 4]
+    ./scripts/demo [--nodes 20] [--workers 4] [--keep]
 """
 
 import argparse
@@ -48,6 +49,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Run the RLN Fleet demo.")
     parser.add_argument("--nodes", type=int, default=20)
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument(
+        "--keep", action="store_true", help="leave everything running until Ctrl-C or SIGTERM"
+    )
     args = parser.parse_args()
     if args.nodes < 8:
         raise SystemExit("demo: --nodes must be at least 8 (it plays four scenarios)")
@@ -69,7 +73,40 @@ def main() -> None:
         api = stack.enter_context(running_api(as_login(env, urls, "api"), work))
         ok = play(urls["app"], [f"demo-{i:02d}" for i in range(1, args.nodes + 1)], api)
         console.print(f"\nlogs of the fleet's processes: {work} (removed on exit)")
+        if args.keep:
+            keep_running(env, urls, api)
     raise SystemExit(0 if ok else 1)
+
+
+class _Stop(Exception):
+    """SIGINT or SIGTERM while the demo is kept running."""
+
+
+def keep_running(env: dict[str, str], urls: dict[str, str], api: DemoApi) -> None:
+    """Print how to reach what runs, then wait for Ctrl-C or SIGTERM; leaving the caller's
+    ExitStack stops it all (the logins are dropped, the cloud and services stopped)."""
+    fleet_cli = f"FLEET_DATABASE_URL='{urls['operator']}' .venv/bin/fleet"
+    console.print(
+        "\n[bold]The fleet keeps running[/bold] (--keep). Explore it:\n"
+        f"  psql '{urls['reader']}' -c 'SELECT * FROM fleet_nodes'   (a reader login)\n"
+        f"  curl -H 'Authorization: Bearer {api.token}' {api.url}/nodes\n"
+        f"  {fleet_cli} status\n"
+        f"Stop it all: Ctrl-C, or kill -TERM {os.getpid()}\n"
+        "demo: kept running",
+        soft_wrap=True,
+    )
+    sys.stdout.flush()
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Stop
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while True:
+            signal.pause()
+    except _Stop:
+        console.print("demo: stopping everything it started")
 
 
 def fresh_database(services: Services) -> str:
@@ -145,7 +182,7 @@ def fleet_logins(env: dict[str, str]) -> Iterator[dict[str, str]]:
     suffix = secrets.token_hex(3)
     urls: dict[str, str] = {}
     try:
-        for role in ("operator", "app", "api", "worker", "dispatcher"):
+        for role in ("operator", "app", "reader", "api", "worker", "dispatcher"):
             made = subprocess.run(
                 [sys.executable, "-m", "worker", "db", "create-login", f"demo_{role}_{suffix}",
                  "--role", role],

@@ -59,7 +59,9 @@ def running_api(env: dict[str, str], work: Path) -> Iterator[DemoApi]:
         try:
             url = f"http://127.0.0.1:{port}"
             _wait_healthy(url, process)
-            yield DemoApi(url, issuer.token("demo-user"))
+            # Long enough to explore a demo kept running (--keep).
+            expires = int(time.time()) + 12 * 3600
+            yield DemoApi(url, issuer.token("demo-user", exp=expires))
         finally:
             process.terminate()
             process.wait(timeout=30)
