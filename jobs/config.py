@@ -55,6 +55,10 @@ class StepSettings(BaseSettings):
     ssh_port: int = 22
     ssh_key_path: str = "~/.ssh/id_ed25519"
     ssh_timeout_seconds: float = 10.0
+    # A whole agent command, the release download of `install` included: a stalled command
+    # must not hold the host's lock and a worker until RQ's job timeout. The agent's own
+    # download limit (RLN_DOWNLOAD_SECONDS on the host, 600 s) stays below it.
+    ssh_command_timeout_seconds: float = Field(default=900.0, gt=0)
 
     # The node's REST API. "ssh": through the node's SSH connection (its pinned host key)
     # to the host's own 127.0.0.1:<port>, so the port stays closed to the world. "direct":

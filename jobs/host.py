@@ -4,6 +4,7 @@ and checked on every later one: a different key holds the node (a man in the mid
 a replaced host), it is never accepted silently."""
 
 import base64
+import os
 import shlex
 import socket
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import Protocol
 
 import paramiko
 from fabric import Connection
+from invoke.exceptions import CommandTimedOut
 
 from jobs.config import StepSettings
 from jobs.outcomes import HoldNode
@@ -28,6 +30,11 @@ class AgentReply:
 
 class HostUnreachable(Exception):
     """No SSH session (refused, timed out): the host may still be booting."""
+
+
+class AgentTimedOut(Exception):
+    """An agent command ran past its time limit (a stalled download, a hung host): the
+    session is closed, and the step is retried like any failure of the agent."""
 
 
 class HostAgentClient(Protocol):
@@ -53,8 +60,16 @@ class FabricAgent:
         with pinned_connection(self.settings, address, pinned_key) as connection:
             try:
                 result = connection.run(
-                    shlex.join(["sudo", AGENT, *command]), hide=True, warn=True, in_stream=False
+                    shlex.join(["sudo", AGENT, *command]),
+                    hide=True,
+                    warn=True,
+                    in_stream=False,
+                    timeout=self.settings.ssh_command_timeout_seconds,
                 )
+            except CommandTimedOut as exc:
+                raise AgentTimedOut(
+                    f"host agent {command[0]} on {address} did not answer within {exc.timeout:g} s"
+                ) from None
             except (OSError, paramiko.SSHException) as exc:
                 raise _no_session(address, exc) from None
             shown = connection.client.get_transport().get_remote_server_key()
@@ -74,6 +89,12 @@ def pinned_connection(settings: StepSettings, address: str, pinned_key: str | No
         raise _no_session(address, exc) from None
     try:
         connection.open()
+    except paramiko.AuthenticationException:
+        connection.close()
+        raise HoldNode(
+            f"SSH key refused by {address}: the host does not accept the fleet's key"
+            f" {settings.ssh_key_path}; check the key the image authorises"
+        ) from None
     except paramiko.BadHostKeyException:
         connection.close()
         raise HoldNode(
@@ -93,6 +114,10 @@ def _no_session(address: str, exc: Exception) -> HostUnreachable:
 
 def _connection(settings: StepSettings, address: str, pinned_key: str | None) -> Connection:
     port, timeout = settings.ssh_port, settings.ssh_timeout_seconds
+    key_file = Path(settings.ssh_key_path).expanduser()
+    if not os.access(key_file, os.R_OK) or not key_file.is_file():
+        # Not the host's fault and not a boot: waiting cannot help.
+        raise HoldNode(f"SSH key file {settings.ssh_key_path} is missing or unreadable here")
     sock = socket.create_connection((address, port), timeout=timeout)
     # paramiko leaves Nagle on: the handshake's small packets then wait for delayed
     # ACKs, about 100 ms a connection instead of about 25 ms.
@@ -104,7 +129,7 @@ def _connection(settings: StepSettings, address: str, pinned_key: str | None) ->
         connect_timeout=timeout,
         connect_kwargs={
             "sock": sock,
-            "key_filename": str(Path(settings.ssh_key_path).expanduser()),
+            "key_filename": str(key_file),
             "look_for_keys": False,
             "allow_agent": False,
         },

@@ -27,6 +27,8 @@ Upload = Callable[[str, bytes], None]
 @dataclass
 class HostFaults:
     agent_failure_rate: float = 0.0
+    # A release download that stalls this long (a dead mirror, a black-holed route).
+    download_stall_seconds: float = 0.0
     api: ApiFaults = field(default_factory=ApiFaults)
     rng: random.Random = field(default_factory=random.Random)
 
@@ -144,6 +146,7 @@ class SimHost:
             raise AgentError(f"node is running: stop it before installing {version}")
         if version == self.version:
             return "already installed"
+        await asyncio.sleep(self.faults.download_stall_seconds)
         try:
             artifact = await asyncio.to_thread(self._fetch, url)
         except Exception as exc:  # noqa: BLE001  # any failed download is the agent's error

@@ -24,7 +24,12 @@ def read_until(process: subprocess.Popen[str], marker: str, seconds: float) -> s
     lines: queue.Queue[str] = queue.Queue()
     assert process.stdout is not None
     stdout = process.stdout
-    threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
+
+    def pump() -> None:
+        for line in stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
     seen: list[str] = []
     deadline = time.monotonic() + seconds
     while marker not in "".join(seen[-1:]):
@@ -63,5 +68,9 @@ def test_the_demo_kept_running_can_be_explored_and_stopped() -> None:
             psycopg.connect(reader_url, connect_timeout=3).close()
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait()
+            process.send_signal(signal.SIGTERM)  # a kill would leave its fleet running
+            try:
+                process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -271,6 +272,17 @@ def test_install_downloads_verifies_and_switches(host: Host, releases: ReleaseSe
     assert os.access(binary, os.X_OK)
     assert subprocess.run([binary], capture_output=True, text=True, check=False).stdout == "0.9.1\n"
     assert host.ok("status") == "state=stopped version=0.9.1 root_key=none"
+    assert host.leftovers() == []
+
+
+def test_a_stalled_download_ends_on_its_own_with_one_line(host: Host) -> None:
+    """It holds the host's lock: it must end before the fleet's own command timeout."""
+    host.env["AWS"] = _executable(host.root / "bin" / "stalling-aws", "#!/bin/sh\nexec sleep 60\n")
+    host.env["RLN_DOWNLOAD_SECONDS"] = "1"
+    started = time.monotonic()
+    error = host.fails("install", "0.9.1", "s3://releases/rln-0.9.1.tar.gz", "a" * 64)
+    assert error.startswith("download of 0.9.1 from s3://releases/rln-0.9.1.tar.gz failed")
+    assert time.monotonic() - started < 20
     assert host.leftovers() == []
 
 

@@ -1,0 +1,79 @@
+"""What a real host does to SSH that booting does not: a key it refuses, a key file the
+worker lacks, an agent command that never ends. Real SSH to the simulated hosts."""
+
+from pathlib import Path
+
+import psycopg
+
+from tests.conftest import add_nodes, fetch, wait_until
+from tests.simulation import RELEASE, Simulation, release_sha256, write_ssh_key
+from tests.test_lifecycle import reach, request
+from tests.test_step_faults import StartWorker
+from worker.dispatcher import Dispatcher
+
+
+def held_with(db_url: str, node_id: int, timeout: float = 30) -> tuple[str, int]:
+    """Wait until the node is held; its error and the attempts it took."""
+    wait_until(
+        lambda: fetch(db_url, "SELECT held FROM nodes WHERE id = %s", node_id) == [(True,)],
+        timeout,
+        f"node {node_id} is held",
+    )
+    [(error, attempts)] = fetch(db_url, "SELECT last_error, attempts FROM nodes WHERE id = %s",
+                                node_id)  # fmt: skip
+    return str(error), int(attempts)
+
+
+def test_a_refused_ssh_key_holds_within_one_attempt(
+    simulation: Simulation,
+    db_url: str,
+    dispatcher: Dispatcher,
+    start_worker: StartWorker,
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "other").mkdir()
+    other_key, _ = write_ssh_key(tmp_path / "other")  # a key no host authorises
+    [node_id] = add_nodes(db_url, ["wrong-key"])
+    start_worker(env=simulation.env | {"FLEET_SSH_KEY_PATH": str(other_key)})
+    error, attempts = held_with(db_url, node_id)
+    assert "SSH key refused by 127." in error and str(other_key) in error
+    assert attempts <= 1
+    [(state,)] = fetch(db_url, "SELECT state FROM nodes WHERE id = %s", node_id)
+    assert state == "key"
+
+
+def test_a_missing_ssh_key_file_holds_at_once(
+    simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
+) -> None:
+    [node_id] = add_nodes(db_url, ["no-key-file"])
+    start_worker(env=simulation.env | {"FLEET_SSH_KEY_PATH": "/nonexistent/fleet_key"})
+    error, attempts = held_with(db_url, node_id)
+    assert error.endswith("SSH key file /nonexistent/fleet_key is missing or unreadable here")
+    assert attempts <= 1
+
+
+def test_a_stalled_download_times_out_and_the_update_succeeds_once_it_flows(
+    simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
+) -> None:
+    with psycopg.connect(db_url, autocommit=True) as app:
+        app.execute(
+            "INSERT INTO releases (version, artifact_url, sha256) VALUES (%s, %s, %s)",
+            (RELEASE, f"s3://releases/rln-{RELEASE}.tar.gz", release_sha256()),
+        )
+    [node_id] = add_nodes(db_url, ["stalled"])
+    start_worker(env=simulation.env | {"FLEET_SSH_COMMAND_TIMEOUT_SECONDS": "1.5"})
+    reach(db_url, [node_id], "live")
+    request(db_url, [node_id], "stop")
+    reach(db_url, [node_id], "stopped")
+    simulation.cloud.settings.faults.download_stall_seconds = 3600
+    request(db_url, [node_id], "update", RELEASE)
+
+    def timed_out() -> bool:
+        [(error,)] = fetch(db_url, "SELECT last_error FROM nodes WHERE id = %s", node_id)
+        return error is not None and "did not answer within 1.5 s" in error
+
+    wait_until(timed_out, 30, "the stalled install times out")
+    simulation.cloud.settings.faults.download_stall_seconds = 0
+    reach(db_url, [node_id], "stopped")
+    [(version,)] = fetch(db_url, "SELECT current_version FROM nodes WHERE id = %s", node_id)
+    assert version == RELEASE
