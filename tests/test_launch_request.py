@@ -15,8 +15,8 @@ import boto3
 import pytest
 from pydantic import ValidationError
 
-from jobs.config import RegionConfig, RootVolume, StepSettings
 from jobs import ec2 as fleet_ec2
+from jobs.config import RegionConfig, RootVolume, StepSettings
 from jobs.registry import NodeSnapshot
 from jobs.user_data import USER_DATA_LIMIT
 from sim.aws import LaunchLog, MotoServer
@@ -120,7 +120,7 @@ def test_an_encrypted_root_volume_when_the_region_asks(moto: MotoServer) -> None
 
 def test_user_data_that_cannot_be_sent_is_refused_with_the_settings(tmp_path: Path) -> None:
     missing = tmp_path / "nothing.yaml"
-    with pytest.raises(ValidationError, match="user data file .*nothing.yaml.*No such file"):
+    with pytest.raises(ValidationError, match=r"user data file .*nothing.yaml.*No such file"):
         RegionConfig(ami=AMI, user_data=missing)
     big = tmp_path / "big.yaml"
     big.write_bytes(os.urandom(20_000))  # random bytes do not shrink
