@@ -13,6 +13,7 @@ condition key (aws:RequestTag, ec2:ResourceTag, iam:PassedToService, ...); and i
 ask for iam:PassRole when RunInstances names an instance profile."""
 
 import json
+import logging
 import subprocess
 import sys
 import urllib.request
@@ -87,6 +88,7 @@ class EnforcingMotoServer:
 
 
 def serve(port: int) -> None:
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request
     server = MotoServer("127.0.0.1", port, LaunchLog())
     server.start()
     print("serving", flush=True)

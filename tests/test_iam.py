@@ -231,3 +231,30 @@ def test_a_worker_whose_policy_lacks_run_instances_is_refused(
         assert state == "instance"
         assert "AccessDenied" in error and "ec2:RunInstances" in error, error
         assert simulation.instances() == []
+
+
+def statements(name: str) -> dict[str, Policy]:
+    return {s["Sid"]: s for s in policy(name, "f" * 32)["Statement"]}
+
+
+def test_the_policies_carry_the_scopes_only_aws_checks() -> None:
+    # moto ignores these (module docstring); their presence is checked here instead.
+    worker = statements("fleet-worker")
+    fleet_tag = {"aws:RequestTag/rln-fleet:fleet-id": "f" * 32}
+    instance = worker["LaunchOnlyThisFleetsImdsv2Instances"]["Condition"]["StringEquals"]
+    assert instance == fleet_tag | {"ec2:MetadataHttpTokens": "required"}
+    volume = worker["LaunchOnlyThisFleetsEncryptedVolumes"]["Condition"]
+    assert volume == {"StringEquals": fleet_tag, "Bool": {"ec2:Encrypted": "true"}}
+    terminate = worker["TerminateOnlyThisFleetsInstances"]["Condition"]["StringEquals"]
+    assert terminate == {"ec2:ResourceTag/rln-fleet:fleet-id": "f" * 32}
+    tags = worker["TagOnlyWhileLaunching"]["Condition"]["StringEquals"]
+    assert tags == {"ec2:CreateAction": "RunInstances"}
+    pass_role = worker["PassOnlyTheHostRoleToEc2"]
+    assert pass_role["Resource"] == f"arn:aws:iam::{ACCOUNT}:role/{HOST_ROLE}"
+    assert pass_role["Condition"]["StringEquals"] == {"iam:PassedToService": "ec2.amazonaws.com"}
+    # Only what EC2 cannot scope by resource is allowed on "*".
+    for name in ("fleet-worker", "fleet-dispatcher", "fleet-operator", "fleet-host"):
+        for statement in statements(name).values():
+            assert statement["Effect"] == "Allow" and "*" not in str(statement["Action"])
+            if statement["Resource"] == "*":
+                assert statement["Action"] == "ec2:DescribeInstances", (name, statement)
