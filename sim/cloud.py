@@ -50,13 +50,10 @@ class SimSettings:
 class SimCloud:
     def __init__(self, settings: SimSettings, aws: EnforcingMotoServer | None = None) -> None:
         self.settings = settings
-        self.moto: MotoServer | EnforcingMotoServer
-        if aws is None:
-            self.moto = MotoServer(
-                "127.0.0.1", settings.moto_port, LaunchLog(settings.throttle_rate)
-            )
-        else:
-            self.moto = aws
+        launches = LaunchLog(throttle_rate=settings.throttle_rate)
+        self.moto: MotoServer | EnforcingMotoServer = aws or MotoServer(
+            "127.0.0.1", settings.moto_port, launches
+        )
         self.launches = self.moto.log
         self.hosts: dict[str, SimHost] = {}  # by instance id, while the instance runs
         self.hosts_ever: dict[str, SimHost] = {}  # every host ever, terminated ones too
