@@ -1,10 +1,18 @@
 """What the steps need to know about the cloud, the hosts and the nodes' chain backend.
 Read from the environment (prefix FLEET_); worker/settings.py extends it for the runtime."""
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from jobs.user_data import compressed_user_data
+
+
+class RootVolume(BaseModel):
+    device: str = "/dev/xvda"  # the root device of Debian's AMIs
+    size_gib: int = Field(default=20, ge=8)
 
 
 class RegionConfig(BaseModel):
@@ -15,6 +23,21 @@ class RegionConfig(BaseModel):
     security_group_ids: list[str] = []
     subnet_id: str | None = None
     iam_instance_profile: str | None = None
+    # A cloud-init file sent as the launch's user data (gzip-compressed), for an AMI that
+    # is not the golden image yet: deploy/host/cloud-init.yaml on stock Debian 12.
+    user_data: Path | None = None
+    # For an AMI whose root snapshot is not encrypted (stock Debian): the launch asks for
+    # its root volume encrypted, of this size. The golden image needs none: its snapshot
+    # is encrypted (encrypt_boot), and so is every volume made from it.
+    root_volume: RootVolume | None = None
+
+    @field_validator("user_data")
+    @classmethod
+    def _user_data_fits(cls, path: Path | None) -> Path | None:
+        # Refused when the settings are read, not at the first launch.
+        if path is not None:
+            compressed_user_data(path)
+        return path
 
 
 class ChainBackend(BaseModel):

@@ -18,6 +18,7 @@ from prometheus_client import Counter
 
 from jobs.config import RegionConfig, StepSettings
 from jobs.registry import NodeSnapshot
+from jobs.user_data import compressed_user_data
 
 NODE_ID_TAG = "rln-fleet:node-id"
 NODE_NAME_TAG = "rln-fleet:node"
@@ -65,6 +66,61 @@ def client_token(fleet_id: str, node_id: int, launch_generation: int) -> str:
     return f"{fleet_id}-{node_id}-{launch_generation}"
 
 
+def launch_request(
+    node: NodeSnapshot, region: RegionConfig, fleet_id: str, fleet_tag: str
+) -> dict[str, Any]:
+    """RunInstances' parameters for the node: the same on every run of its launch (the
+    ClientToken promises EC2 an identical request). The instance and its volumes carry the
+    fleet's tags from their first moment (the IAM policy can require them); the instance
+    metadata service answers only IMDSv2 session requests, one hop, so a process on the
+    host that is tricked into fetching a URL cannot read the instance role's credentials."""
+    tags = [
+        {"Key": k, "Value": v}
+        for k, v in {
+            "Name": node.name,
+            NODE_ID_TAG: str(node.id),
+            NODE_NAME_TAG: node.name,
+            FLEET_ID_TAG: fleet_id,
+            FLEET_TAG: fleet_tag,
+        }.items()
+    ]
+    request: dict[str, Any] = {
+        "ImageId": region.ami,
+        "InstanceType": node.instance_type,
+        "MinCount": 1,
+        "MaxCount": 1,
+        "ClientToken": client_token(fleet_id, node.id, node.launch_generation),
+        "TagSpecifications": [
+            {"ResourceType": kind, "Tags": tags} for kind in ("instance", "volume")
+        ],
+        "MetadataOptions": {
+            "HttpEndpoint": "enabled",
+            "HttpTokens": "required",
+            "HttpPutResponseHopLimit": 1,
+        },
+    }
+    if region.key_name:
+        request["KeyName"] = region.key_name
+    if region.security_group_ids:
+        request["SecurityGroupIds"] = region.security_group_ids
+    if region.subnet_id:
+        request["SubnetId"] = region.subnet_id
+    if region.iam_instance_profile:
+        request["IamInstanceProfile"] = {"Name": region.iam_instance_profile}
+    if region.user_data:
+        # boto3 base64-encodes UserData itself; the gzip is ours (EC2's 16 KB limit).
+        request["UserData"] = compressed_user_data(region.user_data)
+    if region.root_volume:
+        ebs = {
+            "Encrypted": True,  # with the account's EBS key unless the account sets another
+            "VolumeSize": region.root_volume.size_gib,
+            "VolumeType": "gp3",
+            "DeleteOnTermination": True,
+        }
+        request["BlockDeviceMappings"] = [{"DeviceName": region.root_volume.device, "Ebs": ebs}]
+    return request
+
+
 class Cloud(Protocol):
     def find_instances(self, region: str, node_id: int) -> list[Instance]: ...
 
@@ -104,34 +160,7 @@ class Ec2Cloud:
 
     def launch(self, node: NodeSnapshot) -> Instance:
         region = self._region(node.region)
-        tags = {
-            "Name": node.name,
-            NODE_ID_TAG: str(node.id),
-            NODE_NAME_TAG: node.name,
-            FLEET_ID_TAG: self.fleet_id,
-            FLEET_TAG: self.settings.fleet_tag,
-        }
-        request: dict[str, Any] = {
-            "ImageId": region.ami,
-            "InstanceType": node.instance_type,
-            "MinCount": 1,
-            "MaxCount": 1,
-            "ClientToken": client_token(self.fleet_id, node.id, node.launch_generation),
-            "TagSpecifications": [
-                {
-                    "ResourceType": "instance",
-                    "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
-                }
-            ],
-        }
-        if region.key_name:
-            request["KeyName"] = region.key_name
-        if region.security_group_ids:
-            request["SecurityGroupIds"] = region.security_group_ids
-        if region.subnet_id:
-            request["SubnetId"] = region.subnet_id
-        if region.iam_instance_profile:
-            request["IamInstanceProfile"] = {"Name": region.iam_instance_profile}
+        request = launch_request(node, region, self.fleet_id, self.settings.fleet_tag)
         answer = self._client(node.region).run_instances(**request)
         LAUNCHES.inc()
         LAUNCH_RETRIES.inc(answer.get("ResponseMetadata", {}).get("RetryAttempts", 0))

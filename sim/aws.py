@@ -111,6 +111,9 @@ class Ec2Front:
 
 
 class MotoServer:
+    # Any keys do: this moto checks no signature and no policy.
+    credentials = ("sim", "sim")
+
     def __init__(self, host: str, port: int, log: LaunchLog) -> None:
         app = Ec2Front(DomainDispatcherApplication(create_backend_app), log)
         self._server: BaseWSGIServer = make_server(

@@ -19,6 +19,7 @@ import boto3
 
 from sim.aws import LaunchLog, MotoServer
 from sim.host import HostFaults, HostPorts, SimHost
+from sim.iam_aws import EnforcingMotoServer
 from sim.rln_daemon import ApiTraffic
 
 T = TypeVar("T")
@@ -41,13 +42,19 @@ class SimSettings:
     poll_seconds: float = 0.2
     throttle_rate: float = 0.0
     faults: HostFaults = field(default_factory=HostFaults)
+    # The keys the hosts' S3 calls (backup uploads, release downloads) are signed with,
+    # standing for an instance profile's; None: the simulator's own.
+    host_credentials: tuple[str, str] | None = None
 
 
 class SimCloud:
-    def __init__(self, settings: SimSettings) -> None:
+    def __init__(self, settings: SimSettings, aws: EnforcingMotoServer | None = None) -> None:
         self.settings = settings
-        self.launches = LaunchLog(throttle_rate=settings.throttle_rate)
-        self.moto = MotoServer("127.0.0.1", settings.moto_port, self.launches)
+        launches = LaunchLog(throttle_rate=settings.throttle_rate)
+        self.moto: MotoServer | EnforcingMotoServer = aws or MotoServer(
+            "127.0.0.1", settings.moto_port, launches
+        )
+        self.launches = self.moto.log
         self.hosts: dict[str, SimHost] = {}  # by instance id, while the instance runs
         self.hosts_ever: dict[str, SimHost] = {}  # every host ever, terminated ones too
         self._seen: dict[str, float] = {}  # instance id -> when the watcher first saw it
@@ -61,19 +68,20 @@ class SimCloud:
     def aws_url(self) -> str:
         return self.moto.url
 
-    def client(self, service: str) -> Any:
+    def client(self, service: str, credentials: tuple[str, str] | None = None) -> Any:
+        key_id, secret = credentials or self.moto.credentials
         return boto3.client(
             service,
             region_name=self.settings.region,
             endpoint_url=self.aws_url,
-            aws_access_key_id="sim",
-            aws_secret_access_key="sim",
+            aws_access_key_id=key_id,
+            aws_secret_access_key=secret,
         )
 
     def start(self) -> None:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         self.moto.start()
-        self._ec2, self._s3 = self.client("ec2"), self.client("s3")
+        self._ec2, self._s3 = self.client("ec2"), self.client("s3", self.settings.host_credentials)
         self._thread.start()
         self._watching = asyncio.run_coroutine_threadsafe(self._watch(), self._loop)
 

@@ -7,6 +7,7 @@ import json
 import os
 import random
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from jobs.config import RegionConfig
 from models.secrets import KeyRing
 from sim.cloud import SimCloud, SimSettings
 from sim.host import SimHost
+from sim.iam_aws import EnforcingMotoServer
 from worker.settings import FleetSettings
 
 REGION = "eu-west-1"
@@ -63,10 +65,26 @@ def write_ssh_key(directory: Path) -> tuple[Path, Path]:
 
 @pytest.fixture
 def simulation(config: FleetSettings, tmp_path: Path) -> Iterator[Simulation]:
+    with simulated(config, tmp_path) as simulation:
+        yield simulation
+
+
+@contextmanager
+def simulated(
+    config: FleetSettings,
+    tmp_path: Path,
+    aws: EnforcingMotoServer | None = None,
+    host_credentials: tuple[str, str] | None = None,
+) -> Iterator[Simulation]:
+    """The simulated cloud; with `aws`, its moto is that one (tests/test_iam.py)."""
     private, public = write_ssh_key(tmp_path)
     # A random 127/8 block per test: parallel runs on one machine never share addresses.
     first = f"127.{random.randint(100, 250)}.{random.randint(0, 250)}.1"
-    cloud = SimCloud(SimSettings(client_public_key=public, first_address=first, boot_seconds=0.5))
+    sim_settings = SimSettings(
+        client_public_key=public, first_address=first, boot_seconds=0.5,
+        host_credentials=host_credentials,
+    )  # fmt: skip
+    cloud = SimCloud(sim_settings, aws)
     cloud.start()
     s3 = cloud.client("s3")
     for bucket in (BACKUP_BUCKET, "releases"):
@@ -95,7 +113,8 @@ def simulation(config: FleetSettings, tmp_path: Path) -> Iterator[Simulation]:
     for field, value in settings.model_dump(mode="json").items():
         if value is not None:
             env[f"FLEET_{field.upper()}"] = value if isinstance(value, str) else json.dumps(value)
-    env |= {"AWS_ACCESS_KEY_ID": "sim", "AWS_SECRET_ACCESS_KEY": "sim"}
+    key_id, secret = cloud.moto.credentials
+    env |= {"AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret}
     env["AWS_DEFAULT_REGION"] = REGION
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
     try:

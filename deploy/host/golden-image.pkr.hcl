@@ -1,6 +1,9 @@
 # The RLN host golden image: Debian 12 with the host agent (rln-hostctl), the node's
 # systemd unit, its user and directories, and the fleet's SSH user. The node binary is
-# not baked in: the fleet installs a release with `rln-hostctl install`.
+# not baked in: the fleet installs a release with `rln-hostctl install`. Its root snapshot
+# is encrypted, so every node's boot volume is; each instance makes its own machine-id.
+#
+# Needs Packer 1.7 or newer (HCL2 with `packer init` and required_plugins).
 #
 #   packer init deploy/host/golden-image.pkr.hcl
 #   packer build -var region=eu-west-1 -var network=testnet deploy/host/golden-image.pkr.hcl
@@ -8,6 +11,7 @@
 # Put the AMI id it prints into the fleet's regions config (FLEET_REGIONS .ami).
 
 packer {
+  required_version = ">= 1.7.0"
   required_plugins {
     amazon = {
       version = ">= 1.3.0"
@@ -53,6 +57,18 @@ source "amazon-ebs" "rln_host" {
   ami_name      = "rln-host-${var.network}-${local.stamp}"
   ssh_username  = "admin"
   imds_support  = "v2.0"
+
+  # The AMI's snapshot is encrypted (with the account's EBS key unless kms_key_id is
+  # set), so every volume launched from it is too; the build's own volume is encrypted
+  # from the start, so the unencrypted copy never holds the installed host.
+  encrypt_boot = true
+  launch_block_device_mappings {
+    device_name           = "/dev/xvda"
+    volume_size           = 20
+    volume_type           = "gp3"
+    encrypted             = true
+    delete_on_termination = true
+  }
 
   source_ami_filter {
     filters = {
@@ -101,6 +117,11 @@ build {
       # Every instance of the image then boots as a first boot: new SSH host keys (the
       # fleet pins them per host) and the launch's key pair on the fleet's user.
       "sudo cloud-init clean --logs",
+      # One machine-id per host, not the build's for all of them: systemd makes a new one
+      # on the first boot of an empty file (journald, DHCP client ids, and the like).
+      "sudo truncate -s 0 /etc/machine-id",
+      # D-Bus reads its own copy first: a file there (a symlink to /etc's is fine) goes.
+      "sudo find /var/lib/dbus -maxdepth 1 -name machine-id -type f -delete",
       # The build user (full sudo, Packer's throwaway key) must not outlive the build in
       # any usable form: its sudo rule and its key go, last, as they are still in use.
       "sudo rm -f /etc/sudoers.d/90-cloud-init-users",

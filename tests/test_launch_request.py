@@ -1,0 +1,137 @@
+"""What a launch asks EC2 for, seen from moto in server mode: IMDSv2 only, the fleet's
+tags on the instance and on its volume, the cloud-init user data (gzip-compressed under
+EC2's 16 KB), an encrypted root volume when the region asks for one."""
+
+import base64
+import gzip
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from pydantic import ValidationError
+
+from jobs import ec2 as fleet_ec2
+from jobs.config import RegionConfig, RootVolume, StepSettings
+from jobs.registry import NodeSnapshot
+from jobs.user_data import USER_DATA_LIMIT
+from sim.aws import LaunchLog, MotoServer
+from sim.services import free_port
+
+REGION = "eu-west-1"
+AMI = "ami-0123456789abcdef0"
+FLEET_ID = "0123456789abcdef0123456789abcdef"
+HOST_DIR = Path(__file__).resolve().parent.parent / "deploy" / "host"
+CLOUD_INIT = HOST_DIR / "cloud-init.yaml"
+
+
+@pytest.fixture
+def moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
+    server = MotoServer("127.0.0.1", free_port(), LaunchLog())
+    server.start()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "sim")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sim")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def node(node_id: int = 1) -> NodeSnapshot:
+    return NodeSnapshot(
+        id=node_id, name=f"n{node_id}", owner="o", region=REGION, instance_type="t3.small",
+        network="regtest", current_version=None, target_version=None, state="instance",
+        instance_id=None, address=None, node_pubkey=None, ssh_host_key=None,
+        attempts=0, step_run=1, wallet_initialised=False, launch_generation=0,
+    )  # fmt: skip
+
+
+def launched(moto: MotoServer, region: RegionConfig, node_id: int = 1) -> tuple[str, Any]:
+    settings = StepSettings(aws_endpoint_url=moto.url, regions={REGION: region})
+    instance = fleet_ec2.Ec2Cloud(settings, FLEET_ID).launch(node(node_id))
+    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=moto.url)
+    return instance.id, ec2
+
+
+def test_a_launch_requires_imdsv2_and_tags_its_volume(moto: MotoServer) -> None:
+    instance_id, ec2 = launched(moto, RegionConfig(ami=AMI))
+    [reservation] = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+    [instance] = reservation["Instances"]
+    assert instance["MetadataOptions"]["HttpTokens"] == "required"
+    assert instance["MetadataOptions"]["HttpPutResponseHopLimit"] == 1
+    filters = [{"Name": "attachment.instance-id", "Values": [instance_id]}]
+    [volume] = ec2.describe_volumes(Filters=filters)["Volumes"]
+    tags = {t["Key"]: t["Value"] for t in volume.get("Tags", [])}
+    assert tags["rln-fleet:fleet-id"] == FLEET_ID
+    assert tags["rln-fleet:node-id"] == "1"
+    # Nothing asked for user data: none is sent.
+    answer = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+    assert "Value" not in answer.get("UserData", {})
+
+
+def test_the_cloud_init_user_data_arrives_compressed_under_16_kb(moto: MotoServer) -> None:
+    raw = CLOUD_INIT.read_bytes()
+    assert len(raw) > USER_DATA_LIMIT  # why it is compressed at all
+    region = RegionConfig(ami=AMI, user_data=CLOUD_INIT)
+    instance_id, ec2 = launched(moto, region)
+    answer = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+    sent = base64.b64decode(answer["UserData"]["Value"])
+    assert sent[:2] == b"\x1f\x8b" and len(sent) <= USER_DATA_LIMIT
+    assert gzip.decompress(sent) == raw
+
+
+def test_the_user_data_is_the_same_bytes_on_every_run_of_a_launch() -> None:
+    # A repeated launch (same ClientToken) must repeat the request exactly: no gzip mtime.
+    region = RegionConfig(ami=AMI, user_data=CLOUD_INIT)
+    first = fleet_ec2.launch_request(node(), region, FLEET_ID, "rln-fleet")
+    again = subprocess.run(
+        [".venv/bin/python", "-c", _PRINT_USER_DATA, str(CLOUD_INIT)],
+        capture_output=True, check=True, cwd=HOST_DIR.parent.parent,
+    )  # fmt: skip
+    assert first["UserData"] == again.stdout
+    assert first["UserData"][4:8] == b"\0\0\0\0"  # gzip's MTIME field
+
+
+_PRINT_USER_DATA = (
+    "import sys; from pathlib import Path; from jobs.user_data import compressed_user_data;"
+    " sys.stdout.buffer.write(compressed_user_data(Path(sys.argv[1])))"
+)
+
+
+def test_an_encrypted_root_volume_when_the_region_asks(moto: MotoServer) -> None:
+    region = RegionConfig(ami=AMI, root_volume=RootVolume(size_gib=30))
+    [mapping] = fleet_ec2.launch_request(node(), region, FLEET_ID, "rln-fleet")[
+        "BlockDeviceMappings"
+    ]
+    assert mapping["DeviceName"] == "/dev/xvda" and mapping["Ebs"]["Encrypted"] is True
+    instance_id, ec2 = launched(moto, region)
+    filters = [{"Name": "attachment.instance-id", "Values": [instance_id]}]
+    volumes = ec2.describe_volumes(Filters=filters)["Volumes"]
+    assert [(v["Encrypted"], v["Size"]) for v in volumes] == [(True, 30)]
+    # Without it the launch leaves the volumes to the AMI (the golden image is encrypted).
+    assert "BlockDeviceMappings" not in fleet_ec2.launch_request(
+        node(), RegionConfig(ami=AMI), "f", "t"
+    )
+
+
+def test_user_data_that_cannot_be_sent_is_refused_with_the_settings(tmp_path: Path) -> None:
+    missing = tmp_path / "nothing.yaml"
+    with pytest.raises(ValidationError, match=r"user data file .*nothing.yaml.*No such file"):
+        RegionConfig(ami=AMI, user_data=missing)
+    big = tmp_path / "big.yaml"
+    big.write_bytes(os.urandom(20_000))  # random bytes do not shrink
+    with pytest.raises(ValidationError, match=r"big.yaml.* bytes gzip-compressed; EC2 takes"):
+        RegionConfig(ami=AMI, user_data=big)
+
+
+@pytest.mark.skipif(shutil.which("cloud-init") is None, reason="cloud-init is not installed")
+def test_cloud_init_accepts_the_user_data() -> None:
+    done = subprocess.run(
+        ["cloud-init", "schema", "--config-file", str(CLOUD_INIT)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
