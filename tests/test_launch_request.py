@@ -5,7 +5,6 @@ EC2's 16 KB), an encrypted root volume when the region asks for one."""
 import base64
 import gzip
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
