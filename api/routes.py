@@ -49,7 +49,7 @@ PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Nodes per page")
     "",
     status_code=201,
     response_model=NodeOut,
-    responses=documented(400, 409, 422),
+    responses=documented(400, 409, 413, 422),
     summary="Create",
 )
 def create_node(
@@ -118,7 +118,7 @@ def stop_node(node_id: NodeId, caller: Caller, app: App) -> NodeOut:
     return _request(app, caller, node_id, "stop")
 
 
-@router.post("/{node_id}/update", responses=documented(400, 404, 409, 422), summary="Update")
+@router.post("/{node_id}/update", responses=documented(400, 404, 409, 413, 422), summary="Update")
 def update_node(node_id: NodeId, body: NodeUpdate, caller: Caller, app: App) -> NodeOut:
     """A live or stopped node: install a release the fleet knows; it ends stopped."""
     return _request(app, caller, node_id, "update", body.version)

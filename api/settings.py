@@ -53,6 +53,9 @@ class ApiSettings(BaseSettings):
     # Per subject, per process: a token bucket refilled at this rate, holding up to burst.
     api_rate_limit_per_minute: float = Field(default=120.0, gt=0)
     api_rate_limit_burst: int = Field(default=30, ge=1)
+    # Request bodies above this are refused (413) before they are parsed or the token is
+    # checked. A create is a few hundred bytes.
+    api_max_body_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)
     # How long an Idempotency-Key is remembered.
     api_idempotency_hours: int = Field(default=24, ge=1)
 
