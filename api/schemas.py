@@ -28,13 +28,19 @@ MAX_NODE_ID: Final = 2**63 - 1
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description=NAME_RULE, examples=["alice-1"])]
 Region = Annotated[
     str,
-    Field(pattern=formats.REGION, description=formats.RULES["region"][1], examples=["eu-west-1"]),
+    Field(
+        max_length=formats.MAX_LENGTH["region"],
+        pattern=formats.REGION,
+        description=formats.RULES["region"][1] + ", one of the fleet's",
+        examples=["eu-west-1"],
+    ),
 ]
 InstanceType = Annotated[
     str,
     Field(
+        max_length=formats.MAX_LENGTH["instance_type"],
         pattern=formats.INSTANCE_TYPE,
-        description=formats.RULES["instance_type"][1],
+        description=formats.RULES["instance_type"][1] + ", one the region offers",
         examples=["t3.small"],
     ),
 ]

@@ -4,12 +4,14 @@ Only the issuer and the audience are required; everything else has a default tha
 an Amazon Cognito user pool (api/README.md).
 """
 
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.formats import Network, problem
+from models.placement import RegionOffer, offered, placement_problem
 
 AudienceClaim = Literal["aud", "client_id"]
 
@@ -59,6 +61,11 @@ class ApiSettings(BaseSettings):
     # How long an Idempotency-Key is remembered.
     api_idempotency_hours: int = Field(default=24, ge=1)
 
+    # The fleet's regions, as the workers read them (FLEET_REGIONS, a JSON object of region
+    # to its launch settings): the API reads only each region's "instance_types". Without
+    # it, the API offers the default region and its default types only.
+    regions: dict[str, RegionOffer] = {}
+
     # Defaults for POST /nodes, shared with `fleet node create`.
     default_region: str = "eu-west-1"
     default_instance_type: str = "t3.small"
@@ -69,7 +76,13 @@ class ApiSettings(BaseSettings):
         for field in ("region", "instance_type"):
             if message := problem(field, getattr(self, f"default_{field}")):
                 raise ValueError(f"default_{field}: {message}")
+        found = placement_problem(self.offered(), self.default_region, self.default_instance_type)
+        if found is not None:
+            raise ValueError(f"default_region, default_instance_type: {found}")
         return self
+
+    def offered(self) -> Mapping[str, RegionOffer]:
+        return offered(self.regions, self.default_region)
 
     def jwks_url(self) -> str:
         return self.api_jwks_url or self.api_oidc_issuer.rstrip("/") + "/.well-known/jwks.json"

@@ -6,13 +6,16 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.placement import RegionOffer
 
-class RegionConfig(BaseModel):
-    """Where and how to launch in one region (the golden image is per region)."""
+
+class RegionConfig(RegionOffer):
+    """Where and how to launch in one region (the golden image is per region), and which
+    instance types may be asked for there (RegionOffer: the API reads only that)."""
 
     ami: str
     key_name: str | None = None
-    security_group_ids: list[str] = []
+    security_group_ids: list[str] = Field(default_factory=list)
     subnet_id: str | None = None
     iam_instance_profile: str | None = None
 

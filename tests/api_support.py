@@ -35,6 +35,8 @@ def settings_for(db_url: str, issuer: Issuer, **overrides: Any) -> ApiSettings:
         "api_admin_group": "fleet-admins",
         "api_rate_limit_per_minute": 6000.0,
         "api_rate_limit_burst": 1000,
+        # Two regions offering the default types (models/placement.py).
+        "regions": {"eu-west-1": {}, "us-east-2": {}},
     }
     return ApiSettings(_env_file=None, **(values | overrides))
 

@@ -3,21 +3,28 @@ owners' names that cannot collide, bounded bodies, fields and pages, configured 
 and instance types, and events that name no worker, process or lease."""
 
 import hashlib
+import json
 import re
 import select
 import socket
+import subprocess
 import time
 import tracemalloc
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
+from api.settings import ApiSettings
+from models.formats import MAX_LENGTH, problem
+from models.placement import DEFAULT_INSTANCE_TYPES
 from sim.oidc import Issuer, running_issuer
 from tests.api_support import RunningApi, assert_problem, running_api, settings_for
 from tests.conftest import fetch
+
+Fleet = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +152,118 @@ def test_a_body_within_the_cap_is_served(alice: httpx.Client) -> None:
     response = alice.post("/nodes", content=b'{"name": "alpha"}' + b" " * 15_000,
                           headers={"Content-Type": "application/json"})  # fmt: skip
     assert response.status_code == 201, response.text
+
+
+# --- fields: lengths, regions, instance types -------------------------------------------------
+
+
+def sized(column: str, length: int) -> str:
+    """A well-formed value of column with exactly length characters."""
+    match column:
+        case "region":
+            return "eu-" + "a" * (length - 5) + "-1"
+        case "instance_type":
+            return "t" + "3" * (length - 7) + ".small"
+        case _:
+            return "a" * length
+
+
+@pytest.mark.parametrize("column", sorted(MAX_LENGTH))
+def test_the_databases_bound_is_the_pythons(db_url: str, column: str) -> None:
+    longest = MAX_LENGTH[column]
+    good = {"name": "fine", "owner": "o", "region": "eu-west-1", "instance_type": "t3.small"}
+    insert = (
+        "INSERT INTO nodes (name, owner, region, instance_type, network)"
+        " VALUES (%(name)s, %(owner)s, %(region)s, %(instance_type)s, 'regtest')"
+    )
+    with psycopg.connect(db_url, autocommit=True) as connection:
+        connection.execute(insert, {**good, column: sized(column, longest)})
+        with pytest.raises(psycopg.Error) as refused:
+            connection.execute(
+                insert, {**good, "name": "other", column: sized(column, longest + 1)}
+            )
+    assert refused.value.sqlstate == "23514"  # check_violation
+    assert problem(column, sized(column, longest)) is None
+    assert problem(column, sized(column, longest + 1)) is not None
+
+
+def test_the_length_checks_name_the_pythons_bounds(db_url: str) -> None:
+    for column in ("region", "instance_type"):
+        found = fetch(
+            db_url,
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = %s",
+            f"nodes_{column}_length",
+        )
+        assert found == [(f"CHECK ((char_length({column}) <= {MAX_LENGTH[column]}))",)]
+
+
+@pytest.mark.parametrize("field", ["region", "instance_type"])
+def test_an_overlong_field_is_a_short_422_and_stored_nowhere(
+    alice: httpx.Client, db_url: str, field: str
+) -> None:
+    response = alice.post("/nodes", json={"name": "alpha", field: sized(field, 10_000)})
+    body = assert_problem(response, 422)
+    assert f"at most {MAX_LENGTH[field]} characters" in body["detail"]
+    assert len(response.content) < 1000  # the value is not echoed back
+    assert fetch(db_url, "SELECT count(*) FROM nodes") == [(0,)]
+
+
+REGIONS = {
+    "eu-west-1": {"ami": "ami-0123456789abcdef0"},
+    "us-east-1": {"ami": "ami-0123456789abcdef1", "instance_types": ["t3.micro"]},
+}
+
+
+def test_the_api_reads_the_workers_regions(issuer: Issuer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_REGIONS", json.dumps(REGIONS))
+    settings = ApiSettings(_env_file=None, api_oidc_issuer=issuer.url, api_oidc_audience="a")
+    assert {region: offer.instance_types for region, offer in settings.offered().items()} == {
+        "eu-west-1": DEFAULT_INSTANCE_TYPES,
+        "us-east-1": ("t3.micro",),
+    }
+
+
+@pytest.fixture
+def placed(db_url: str, issuer: Issuer) -> Iterator[httpx.Client]:
+    """alice on an API with the regions above."""
+    settings = settings_for(db_url, issuer, regions=REGIONS)
+    with running_api(settings, issuer) as running, running.as_("alice") as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [({"instance_type": "p5.48xlarge"},
+      "instance type 'p5.48xlarge' is not offered in eu-west-1: t3.small, t3.medium"),
+     ({"region": "ap-south-1"},
+      "region 'ap-south-1' is not one of the fleet's regions: eu-west-1, us-east-1"),
+     ({"region": "us-east-1"}, "instance type 't3.small' is not offered in us-east-1: t3.micro")],
+)  # fmt: skip
+def test_only_configured_regions_and_offered_types_are_created(
+    placed: httpx.Client, db_url: str, fields: dict[str, str], message: str
+) -> None:
+    refused = placed.post("/nodes", json={"name": "alpha", "start": True, **fields})
+    assert assert_problem(refused, 422)["detail"] == message
+    assert fetch(db_url, "SELECT count(*) FROM nodes") == [(0,)]
+
+
+def test_an_offered_type_in_a_configured_region_is_created(placed: httpx.Client) -> None:
+    node = create(placed, "alpha", region="us-east-1", instance_type="t3.micro")
+    assert (node["region"], node["instance_type"]) == ("us-east-1", "t3.micro")
+    assert create(placed, "bravo", instance_type="t3.medium")["region"] == "eu-west-1"
+
+
+def test_the_api_refuses_defaults_it_does_not_offer(db_url: str, issuer: Issuer) -> None:
+    with pytest.raises(ValueError, match=re.escape("'t3.small' is not offered in us-east-1")):
+        settings_for(db_url, issuer, regions=REGIONS, default_region="us-east-1")
+
+
+def test_the_command_line_refuses_what_the_region_does_not_offer(fleet: Fleet, db_url: str) -> None:
+    result = fleet("node", "create", "gpu", "--instance-type", "p5.48xlarge")
+    assert result.returncode != 0, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "instance type 'p5.48xlarge' is not offered in" in lines[0], lines
+    result = fleet("node", "create", "far", "--region", "ap-south-1")
+    assert "region 'ap-south-1' is not one of the fleet's regions" in result.stderr, result
+    assert fetch(db_url, "SELECT count(*) FROM nodes") == [(0,)]
+    assert fleet("node", "create", "fine", "--instance-type", "t3.medium").returncode == 0
