@@ -16,13 +16,17 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from sqlalchemy import create_engine
 
 from api.settings import ApiSettings
 from models.formats import MAX_LENGTH, problem
+from models.owner_text import for_owner
 from models.placement import DEFAULT_INSTANCE_TYPES
+from models.queries import query
+from models.session import sqlalchemy_url
 from sim.oidc import Issuer, running_issuer
 from tests.api_support import RunningApi, assert_problem, running_api, settings_for
-from tests.conftest import fetch
+from tests.conftest import fetch, role_url
 
 Fleet = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -267,3 +271,64 @@ def test_the_command_line_refuses_what_the_region_does_not_offer(fleet: Fleet, d
     assert "region 'ap-south-1' is not one of the fleet's regions" in result.stderr, result
     assert fetch(db_url, "SELECT count(*) FROM nodes") == [(0,)]
     assert fleet("node", "create", "fine", "--instance-type", "t3.medium").returncode == 0
+
+
+# --- what owners see ----------------------------------------------------------------------------
+
+WORKER = "fleet-worker:ip-10-0-0-7:4242:c0ffee"
+INTERNALS = ("ip-10-0-0-7", "4242", "c0ffee", "fleet-worker", "i-0123456789abcdef0")
+
+
+def test_owners_see_no_workers_processes_or_instance_ids(
+    alice: httpx.Client, db_url: str, fleet: Fleet
+) -> None:
+    node = create(alice, "alpha", start=True)
+    # A worker takes the step and dies: the dispatcher takes its lease back and, with one
+    # attempt allowed, holds the node (models/sql/expire_leases.sql as the fleet runs it).
+    with psycopg.connect(role_url(db_url, "worker"), autocommit=True, application_name=WORKER) as w:
+        w.execute(
+            "UPDATE nodes SET lease_owner = %s, lease_expires_at = now() - interval '1 second'"
+            " WHERE id = %s",
+            (WORKER, node["id"]),
+        )
+    dispatcher = create_engine(sqlalchemy_url(role_url(db_url, "dispatcher")))
+    with dispatcher.begin() as connection:
+        assert connection.execute(query("expire_leases"), {"max_attempts": 1}).all()
+    dispatcher.dispose()
+    shown = alice.get(f"/nodes/{node['id']}").json()
+    events = alice.get(f"/nodes/{node['id']}/events").json()["items"]
+    assert shown["held"] and events[-1]["event"] == "hold"
+    assert (
+        shown["last_error"]
+        == events[-1]["error"]
+        == ("the step was interrupted: its worker stopped")
+    )
+    # A step's own error naming the instance (jobs/steps/instance.py) reads neutrally too.
+    fleet("node", "retry", node["fleet_name"])
+    with psycopg.connect(role_url(db_url, "worker"), autocommit=True, application_name=WORKER) as w:
+        w.execute(
+            "UPDATE nodes SET held_at = now(), last_error = %s WHERE id = %s",
+            (
+                f"instance i-0123456789abcdef0 of node {node['fleet_name']} is terminated",
+                node["id"],
+            ),
+        )
+    shown = alice.get(f"/nodes/{node['id']}").json()
+    assert (
+        shown["last_error"] == f"instance <aws resource> of node {node['fleet_name']} is terminated"
+    )
+    answers = alice.get(f"/nodes/{node['id']}").text + alice.get(f"/nodes/{node['id']}/events").text
+    assert [word for word in INTERNALS if word in answers] == []
+    # Operators keep every detail.
+    errors = fetch(db_url, "SELECT error FROM node_history WHERE error IS NOT NULL ORDER BY id")
+    assert WORKER in errors[0][0] and "i-0123456789abcdef0" in str(
+        fetch(db_url, "SELECT last_error FROM nodes")
+    )
+    shown_to_operator = fleet("node", "show", node["fleet_name"])
+    assert shown_to_operator.returncode == 0, shown_to_operator
+    assert "i-0123456789abcdef0" in shown_to_operator.stdout
+
+
+def test_an_owners_own_words_are_left_alone() -> None:
+    said = "node wallet-i-deadbeef00-x failed: ssh to 203.0.113.5 timed out"
+    assert for_owner(said) == said
