@@ -61,7 +61,12 @@ def create_app(
         engine=engine,
         verifier=verifier or verifier_for(settings),
         limiter=limiter
-        or RateLimiter(settings.api_rate_limit_per_minute, settings.api_rate_limit_burst),
+        or RateLimiter(
+            settings.api_rate_limit_storage,
+            settings.api_rate_limit_per_minute,
+            settings.api_rate_limit_burst,
+            settings.api_rate_limit_key_prefix,
+        ),
         metrics=metrics,
     )
     # The last added runs first: metrics see every answer, 413s included.

@@ -52,9 +52,14 @@ class ApiSettings(BaseSettings):
     # destroyed), and nodes that are not destroyed.
     api_max_live_nodes_per_owner: int = Field(default=10, ge=0)
     api_max_nodes_per_owner: int = Field(default=100, ge=0)
-    # Per subject, per process: a token bucket refilled at this rate, holding up to burst.
-    api_rate_limit_per_minute: float = Field(default=120.0, gt=0)
+    # Per subject, across every API process: at most per_minute requests in any minute and
+    # burst in the time that rate takes to earn them (api/ratelimit.py). The counts are kept
+    # in this store (a `limits` storage URI): the fleet's Redis; memory:// counts in this
+    # process only. The prefix keeps two fleets sharing a Redis apart.
+    api_rate_limit_per_minute: int = Field(default=120, ge=1)
     api_rate_limit_burst: int = Field(default=30, ge=1)
+    api_rate_limit_storage: str = "redis://127.0.0.1:6379/0"
+    api_rate_limit_key_prefix: str = Field(default="fleet-api-rate", pattern=r"^[A-Za-z0-9:_-]+$")
     # Request bodies above this are refused (413) before they are parsed or the token is
     # checked. A create is a few hundred bytes.
     api_max_body_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)

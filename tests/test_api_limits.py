@@ -4,13 +4,18 @@ and instance types, and events that name no worker, process or lease."""
 
 import hashlib
 import json
+import os
 import re
 import select
 import socket
 import subprocess
+import sys
 import time
 import tracemalloc
+import uuid
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,9 +29,9 @@ from models.owner_text import for_owner
 from models.placement import DEFAULT_INSTANCE_TYPES
 from models.queries import query
 from models.session import sqlalchemy_url
-from sim.oidc import Issuer, running_issuer
+from sim.oidc import AUDIENCE, Issuer, running_issuer
 from tests.api_support import RunningApi, assert_problem, running_api, settings_for
-from tests.conftest import fetch, role_url
+from tests.conftest import REPO, fetch, role_url, wait_until
 
 Fleet = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -332,3 +337,71 @@ def test_owners_see_no_workers_processes_or_instance_ids(
 def test_an_owners_own_words_are_left_alone() -> None:
     said = "node wallet-i-deadbeef00-x failed: ssh to 203.0.113.5 timed out"
     assert for_owner(said) == said
+
+
+# --- the rate limit, shared ---------------------------------------------------------------------
+
+
+@contextmanager
+def api_process(db_url: str, issuer: Issuer, log: Path, **env: str) -> Iterator[str]:
+    """`fleet api` as its own process, configured only through its environment."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")} | {
+        "PYTHONPATH": str(REPO),
+        "FLEET_DATABASE_URL": role_url(db_url, "api"),
+        "FLEET_API_OIDC_ISSUER": issuer.url,
+        "FLEET_API_OIDC_AUDIENCE": AUDIENCE,
+        **{f"FLEET_{name.upper()}": value for name, value in env.items()},
+    }
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker", "api", "--port", str(port)],
+            env=environment,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _answers(url, process), 30, "fleet api answers /healthz")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _answers(url: str, process: subprocess.Popen[bytes]) -> bool:
+    assert process.poll() is None, "fleet api exited"
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_the_rate_limit_holds_across_api_processes(
+    db_url: str, issuer: Issuer, redis_url: str, tmp_path: Path
+) -> None:
+    shared = {
+        "api_rate_limit_storage": redis_url,
+        "api_rate_limit_key_prefix": f"test-{uuid.uuid4().hex}",
+        "api_rate_limit_per_minute": "1",
+        "api_rate_limit_burst": "4",
+    }
+    with (
+        api_process(db_url, issuer, tmp_path / "one.log", **shared) as one,
+        api_process(db_url, issuer, tmp_path / "two.log", **shared) as two,
+    ):
+        alice = {"Authorization": f"Bearer {issuer.token('alice')}"}
+        statuses = [httpx.get(f"{url}/nodes", headers=alice).status_code for url in [one, two] * 3]
+        assert statuses == [200] * 4 + [429] * 2
+        bob = {"Authorization": f"Bearer {issuer.token('bob')}"}
+        assert httpx.get(f"{two}/nodes", headers=bob).status_code == 200
+
+
+def test_without_its_store_the_rate_limit_refuses(db_url: str, issuer: Issuer) -> None:
+    # Port 1 on loopback: nothing listens there.
+    settings = settings_for(db_url, issuer, api_rate_limit_storage="redis://127.0.0.1:1/0")
+    with running_api(settings, issuer) as api, api.as_("alice") as alice:
+        body = assert_problem(alice.get("/nodes"), 503)
+        assert body["detail"] == "the rate limiter's store does not answer"
