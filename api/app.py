@@ -62,7 +62,7 @@ def create_app(
         verifier=verifier or verifier_for(settings),
         limiter=limiter
         or RateLimiter(
-            settings.api_rate_limit_storage,
+            settings.rate_limit_storage(),
             settings.api_rate_limit_per_minute,
             settings.api_rate_limit_burst,
             settings.api_rate_limit_key_prefix,

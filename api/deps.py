@@ -31,6 +31,9 @@ class Services:
     limiter: RateLimiter
     metrics: ApiMetrics
 
+    def page_bytes(self) -> int:
+        return self.settings.api_max_page_bytes
+
     def limits(self) -> Limits:
         return Limits(
             max_active=self.settings.api_max_live_nodes_per_owner,

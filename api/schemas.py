@@ -162,6 +162,7 @@ class EventOut(BaseModel):
 
 class EventList(BaseModel):
     items: list[EventOut]
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null at the end")
 
 
 class Health(BaseModel):

@@ -22,6 +22,8 @@ class ApiSettings(BaseSettings):
     )
 
     database_url: str = "postgresql://postgres@127.0.0.1:5432/fleet"
+    # The fleet's Redis (the workers' FLEET_REDIS_URL): the API keeps its rate counts there.
+    redis_url: str = "redis://127.0.0.1:6379/0"
 
     # OpenID Connect. Cognito: https://cognito-idp.<region>.amazonaws.com/<user pool id>.
     api_oidc_issuer: str = Field(min_length=1)
@@ -58,11 +60,14 @@ class ApiSettings(BaseSettings):
     # process only. The prefix keeps two fleets sharing a Redis apart.
     api_rate_limit_per_minute: int = Field(default=120, ge=1)
     api_rate_limit_burst: int = Field(default=30, ge=1)
-    api_rate_limit_storage: str = "redis://127.0.0.1:6379/0"
+    api_rate_limit_storage: str | None = None  # default: redis_url
     api_rate_limit_key_prefix: str = Field(default="fleet-api-rate", pattern=r"^[A-Za-z0-9:_-]+$")
     # Request bodies above this are refused (413) before they are parsed or the token is
     # checked. A create is a few hundred bytes.
     api_max_body_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)
+    # A page of nodes or events stops before the item that would take it past this many
+    # bytes; its next_cursor gives the rest.
+    api_max_page_bytes: int = Field(default=262_144, ge=4096)
     # How long an Idempotency-Key is remembered.
     api_idempotency_hours: int = Field(default=24, ge=1)
 
@@ -88,6 +93,9 @@ class ApiSettings(BaseSettings):
 
     def offered(self) -> Mapping[str, RegionOffer]:
         return offered(self.regions, self.default_region)
+
+    def rate_limit_storage(self) -> str:
+        return self.api_rate_limit_storage or self.redis_url
 
     def jwks_url(self) -> str:
         return self.api_jwks_url or self.api_oidc_issuer.rstrip("/") + "/.well-known/jwks.json"

@@ -27,7 +27,7 @@ from models.errors import BadInput, FleetError, IllegalTransition
 from models.formats import problem
 from models.queries import query
 from models.states import NodeState
-from models.tables import IdempotencyKeyRow, NodeRow, ReleaseRow
+from models.tables import HistoryRow, IdempotencyKeyRow, NodeRow, ReleaseRow
 
 OWNER_TAG_BYTES: Final = 16
 OWNER_TAG_LENGTH: Final = 26  # 128 bits, 5 to a base32 character
@@ -153,9 +153,18 @@ def list_owned(
     return session.scalars(statement).all()
 
 
-def owned_history(session: Session, viewer: Viewer, node_id: int) -> list[nodes.HistoryEntry]:
+def owned_history(
+    session: Session, viewer: Viewer, node_id: int, *, limit: int, after: int = 0
+) -> Sequence[HistoryRow]:
+    """Up to limit lines of the node's history with ids above after, in order."""
     row = find_owned(session, viewer, node_id)
-    return nodes.node_history(session, row.id)
+    statement = (
+        select(HistoryRow)
+        .where(HistoryRow.node_id == row.id, HistoryRow.id > after)
+        .order_by(HistoryRow.id)
+        .limit(limit)
+    )
+    return session.scalars(statement).all()
 
 
 def create_owned(session: Session, spec: nodes.NodeSpec, limits: Limits) -> NodeRow:

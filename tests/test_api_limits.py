@@ -405,3 +405,52 @@ def test_without_its_store_the_rate_limit_refuses(db_url: str, issuer: Issuer) -
     with running_api(settings, issuer) as api, api.as_("alice") as alice:
         body = assert_problem(alice.get("/nodes"), 503)
         assert body["detail"] == "the rate limiter's store does not answer"
+
+
+# --- pages bounded in bytes -----------------------------------------------------------------
+
+PAGE_BYTES = 4096
+
+
+def test_a_page_of_nodes_stops_at_the_byte_budget(db_url: str, issuer: Issuer) -> None:
+    settings = settings_for(db_url, issuer, api_max_page_bytes=PAGE_BYTES)
+    with running_api(settings, issuer) as api, api.as_("alice") as alice:
+        made = [create(alice, f"node-{i}")["id"] for i in range(20)]
+        seen, cursor, pages = [], None, 0
+        while True:
+            params = {"limit": 100} | ({"cursor": cursor} if cursor else {})
+            response = alice.get("/nodes", params=params)
+            assert response.status_code == 200 and len(response.content) <= PAGE_BYTES
+            page = response.json()
+            seen += [n["id"] for n in page["items"]]
+            pages += 1
+            if (cursor := page["next_cursor"]) is None:
+                break
+    assert seen == made and pages > 1
+
+
+def test_a_page_of_events_stops_at_the_byte_budget(db_url: str, issuer: Issuer) -> None:
+    settings = settings_for(db_url, issuer, api_max_page_bytes=PAGE_BYTES)
+    with running_api(settings, issuer) as api, api.as_("alice") as alice:
+        node = create(alice, "alpha", start=True)
+        with psycopg.connect(role_url(db_url, "worker"), autocommit=True) as worker:
+            for attempt in range(8):
+                worker.execute(
+                    "UPDATE nodes SET held_at = now(), last_error = %s WHERE id = %s",
+                    (f"attempt {attempt}: " + "x" * 900, node["id"]),
+                )
+                assert alice.post(f"/nodes/{node['id']}/retry").status_code == 200
+        everything = fetch(db_url, "SELECT count(*) FROM node_history")[0][0]
+        seen: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            params = {"cursor": cursor} if cursor else {}
+            response = alice.get(f"/nodes/{node['id']}/events", params=params)
+            assert response.status_code == 200 and len(response.content) <= PAGE_BYTES
+            page = response.json()
+            assert page["items"], page
+            seen += page["items"]
+            if (cursor := page["next_cursor"]) is None:
+                break
+    assert len(seen) == everything == 17  # create, then a hold and a release each time
+    assert [e["event"] for e in seen[:3]] == ["create", "hold", "release"]
