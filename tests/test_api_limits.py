@@ -444,7 +444,7 @@ def test_a_page_of_events_stops_at_the_byte_budget(db_url: str, issuer: Issuer) 
         seen: list[dict[str, Any]] = []
         cursor = None
         while True:
-            params = {"cursor": cursor} if cursor else {}
+            params: dict[str, str] = {"cursor": cursor} if cursor else {}
             response = alice.get(f"/nodes/{node['id']}/events", params=params)
             assert response.status_code == 200 and len(response.content) <= PAGE_BYTES
             page = response.json()
