@@ -6,14 +6,13 @@ import hashlib
 import json
 import os
 import re
-import select
 import socket
 import subprocess
 import sys
 import time
 import tracemalloc
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,13 @@ from models.placement import DEFAULT_INSTANCE_TYPES
 from models.queries import query
 from models.session import sqlalchemy_url
 from sim.oidc import AUDIENCE, Issuer, running_issuer
-from tests.api_support import RunningApi, assert_problem, running_api, settings_for
+from tests.api_support import (
+    RunningApi,
+    assert_problem,
+    raw_exchange,
+    running_api,
+    settings_for,
+)
 from tests.conftest import REPO, fetch, role_url, wait_until
 
 Fleet = Callable[..., subprocess.CompletedProcess[str]]
@@ -94,29 +99,6 @@ def test_a_node_named_the_old_way_keeps_its_name(alice: httpx.Client, db_url: st
 # --- request bodies -------------------------------------------------------------------------
 
 MIB = 1024 * 1024
-
-
-def raw_exchange(url: str, head: str, chunks: Iterable[bytes] = ()) -> tuple[int, bytes]:
-    """Send head and then chunks on a plain socket until the server answers; the answer's
-    status and body. A plain socket, so the test decides exactly what goes on the wire."""
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(head.encode())
-        for chunk in chunks:
-            if select.select([sock], [], [], 0)[0]:
-                break  # answered: stop sending
-            try:
-                sock.sendall(chunk)
-            except (BrokenPipeError, ConnectionResetError):
-                break
-        received = b""
-        while b"\r\n\r\n" not in received:
-            received += sock.recv(65536)
-        header, _, body = received.partition(b"\r\n\r\n")
-        length = int(re.search(rb"content-length: *(\d+)", header, re.I).group(1))  # type: ignore[union-attr]
-        while len(body) < length:
-            body += sock.recv(65536)
-        return int(header.split()[1]), body
 
 
 def chunked(total: int, size: int = 64 * 1024) -> Iterator[bytes]:
