@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 
 from api import ops, routes
 from api.auth import TokenVerifier, verifier_for
+from api.bodylimit import BodyLimit
 from api.deps import Services
 from api.errors import PROBLEM_JSON, install_handlers
 from api.metrics import ApiMetrics, MetricsMiddleware
@@ -60,9 +61,16 @@ def create_app(
         engine=engine,
         verifier=verifier or verifier_for(settings),
         limiter=limiter
-        or RateLimiter(settings.api_rate_limit_per_minute, settings.api_rate_limit_burst),
+        or RateLimiter(
+            settings.rate_limit_storage(),
+            settings.api_rate_limit_per_minute,
+            settings.api_rate_limit_burst,
+            settings.api_rate_limit_key_prefix,
+        ),
         metrics=metrics,
     )
+    # The last added runs first: metrics see every answer, 413s included.
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 

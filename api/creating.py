@@ -21,6 +21,8 @@ from api.errors import ApiProblem
 from api.schemas import NodeCreate, NodeOut
 from api.settings import ApiSettings
 from models import nodes, owned
+from models.errors import BadInput
+from models.placement import placement_problem
 from models.tables import IdempotencyKeyRow
 
 CREATED: Final = 201
@@ -66,7 +68,7 @@ def request_hash(body: NodeCreate) -> str:
 
 
 def spec_of(settings: ApiSettings, owner: str, body: NodeCreate) -> nodes.NodeSpec:
-    return nodes.parse_spec(
+    spec = nodes.parse_spec(
         name=body.name,
         owner=owner,
         region=body.region or settings.default_region,
@@ -75,6 +77,9 @@ def spec_of(settings: ApiSettings, owner: str, body: NodeCreate) -> nodes.NodeSp
         version=body.version,
         start=body.start,
     )
+    if message := placement_problem(settings.offered(), spec.region, spec.instance_type):
+        raise BadInput(message)
+    return spec
 
 
 def _first_answer(

@@ -11,9 +11,9 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from api.auth import Principal, TokenVerifier
-from api.errors import RateLimited, Unauthorized
+from api.errors import RateLimited, Unauthorized, Unavailable
 from api.metrics import ApiMetrics
-from api.ratelimit import RateLimiter
+from api.ratelimit import RateLimiter, StorageError
 from api.settings import ApiSettings
 from models.owned import Limits, act_as
 from models.session import transaction
@@ -30,6 +30,9 @@ class Services:
     verifier: TokenVerifier
     limiter: RateLimiter
     metrics: ApiMetrics
+
+    def page_bytes(self) -> int:
+        return self.settings.api_max_page_bytes
 
     def limits(self) -> Limits:
         return Limits(
@@ -59,7 +62,11 @@ def principal(
     if credentials is None:
         raise Unauthorized("a bearer token is required", token_given=False)
     caller = found.verifier.verify(credentials.credentials)
-    wait = found.limiter.take(caller.subject)
+    try:
+        wait = found.limiter.take(caller.subject)
+    except StorageError:
+        # Closed, not open: without the shared counts, every replica would allow the rate.
+        raise Unavailable("the rate limiter's store does not answer") from None
     if wait > 0:
         raise RateLimited(wait)
     return caller

@@ -93,6 +93,7 @@ PROBLEM_MEANINGS: Final[dict[int, str]] = {
     401: "No token, or a token that does not verify",
     404: "No such node among yours",
     409: "The node's state does not allow this, or a limit is reached",
+    413: "The request body is larger than the API takes (FLEET_API_MAX_BODY_BYTES)",
     422: "The request is not valid",
     429: "Too many requests for this subject",
     503: "The database or the issuer's keys are unavailable",

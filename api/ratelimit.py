@@ -1,40 +1,33 @@
-"""Rate limiting per subject: a token bucket each, kept in this process's memory.
+"""Rate limiting per subject, shared by every API process.
 
-Several API processes each allow the full rate; a limit shared by all of them would need a
-shared store (Postgres or Redis), which a front door of this size does not need yet.
+The counts live in a shared store (the fleet's Redis; FLEET_API_RATE_LIMIT_STORAGE), kept
+by the `limits` library's moving window, so N replicas allow a subject the rate once, not N
+times. One window: burst requests in the time the per-minute rate takes to earn that many
+(120 a minute with a burst of 30: 30 in any 15 s). So a subject may send burst at once, and
+per_minute a minute in the long run, as the token bucket this replaces allowed.
 """
 
-import threading
+import math
 import time
-from collections.abc import Callable
+
+from limits import RateLimitItemPerSecond
+from limits.errors import StorageError
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+
+__all__ = ["RateLimiter", "StorageError"]
 
 
 class RateLimiter:
-    def __init__(
-        self,
-        per_minute: float,
-        burst: int,
-        *,
-        max_subjects: int = 100_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.rate = per_minute / 60.0
-        self.burst = float(burst)
-        self.max_subjects = max_subjects
-        self.clock = clock
-        # subject -> (tokens, when counted); dict order is least recently seen first.
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
+    def __init__(self, storage_url: str, per_minute: int, burst: int, key_prefix: str) -> None:
+        # wrap_exceptions: a store that does not answer raises StorageError, answered 503.
+        storage = storage_from_string(storage_url, key_prefix=key_prefix, wrap_exceptions=True)
+        self.windows = MovingWindowRateLimiter(storage)
+        self.window = RateLimitItemPerSecond(burst, max(1, math.ceil(burst * 60 / per_minute)))
 
     def take(self, subject: str) -> float:
-        """Take one token: 0 if granted, else the seconds until one is available."""
-        with self._lock:
-            now = self.clock()
-            tokens, counted_at = self._buckets.pop(subject, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - counted_at) * self.rate)
-            wait = 0.0 if tokens >= 1 else (1 - tokens) / self.rate
-            self._buckets[subject] = (tokens - 1 if wait == 0 else tokens, now)
-            if len(self._buckets) > self.max_subjects:
-                # Forgetting the longest-idle subject only gives it a full bucket back.
-                del self._buckets[next(iter(self._buckets))]
-            return wait
+        """Count one request: 0 if granted, else the seconds until one would be."""
+        if self.windows.hit(self.window, subject):
+            return 0.0
+        reset = self.windows.get_window_stats(self.window, subject).reset_time
+        return max(0.0, reset - time.time())

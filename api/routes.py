@@ -11,6 +11,7 @@ from api import creating
 from api.auth import Principal
 from api.deps import App, Caller, Services, acting, reading
 from api.errors import documented
+from api.paging import fitting
 from api.schemas import (
     CURSOR_PATTERN,
     IDEMPOTENCY_KEY_PATTERN,
@@ -24,6 +25,7 @@ from api.schemas import (
     NodeUpdate,
 )
 from models import owned
+from models.nodes import HistoryEntry
 from models.states import NodeState
 
 router = APIRouter(prefix="/nodes", tags=["nodes"], responses=documented(401, 429, 503))
@@ -49,7 +51,7 @@ PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Nodes per page")
     "",
     status_code=201,
     response_model=NodeOut,
-    responses=documented(400, 409, 422),
+    responses=documented(400, 409, 413, 422),
     summary="Create",
 )
 def create_node(
@@ -84,8 +86,8 @@ def list_nodes(caller: Caller, app: App, query: Annotated[ListFilter, Query()]) 
             held=query.held,
         )
     now = datetime.now(UTC)
-    items = [NodeOut.of(row, now) for row in rows[: query.limit]]
-    more = len(rows) > query.limit
+    items = fitting([NodeOut.of(row, now) for row in rows[: query.limit]], app.page_bytes())
+    more = len(rows) > len(items)
     return NodePage(items=items, next_cursor=str(items[-1].id) if more else None)
 
 
@@ -96,11 +98,26 @@ def show_node(node_id: NodeId, caller: Caller, app: App) -> NodeOut:
         return NodeOut.of(row, datetime.now(UTC))
 
 
+class EventFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cursor: Cursor = None
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Events per page")] = MAX_PAGE
+
+
 @router.get("/{node_id}/events", responses=documented(404, 422), summary="A node's history")
-def node_events(node_id: NodeId, caller: Caller, app: App) -> EventList:
+def node_events(
+    node_id: NodeId, caller: Caller, app: App, query: Annotated[EventFilter, Query()]
+) -> EventList:
+    """Oldest first, a page at a time."""
     with reading(app) as session:
-        entries = owned.owned_history(session, caller.viewer(), node_id)
-    return EventList(items=[EventOut.of(entry) for entry in entries])
+        rows = owned.owned_history(
+            session, caller.viewer(), node_id, limit=query.limit + 1, after=int(query.cursor or 0)
+        )
+    events = [EventOut.of(HistoryEntry.model_validate(row)) for row in rows[: query.limit]]
+    items = fitting(events, app.page_bytes())
+    more = len(rows) > len(items)
+    return EventList(items=items, next_cursor=str(rows[len(items) - 1].id) if more else None)
 
 
 TRANSITION_ERRORS = documented(404, 409, 422)
@@ -118,7 +135,7 @@ def stop_node(node_id: NodeId, caller: Caller, app: App) -> NodeOut:
     return _request(app, caller, node_id, "stop")
 
 
-@router.post("/{node_id}/update", responses=documented(400, 404, 409, 422), summary="Update")
+@router.post("/{node_id}/update", responses=documented(400, 404, 409, 413, 422), summary="Update")
 def update_node(node_id: NodeId, body: NodeUpdate, caller: Caller, app: App) -> NodeOut:
     """A live or stopped node: install a release the fleet knows; it ends stopped."""
     return _request(app, caller, node_id, "update", body.version)

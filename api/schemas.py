@@ -10,6 +10,7 @@ from models import formats
 from models.formats import Network
 from models.nodes import HistoryEntry
 from models.owned import MAX_OWNER_NAME_LENGTH, owner_name
+from models.owner_text import for_owner
 from models.states import NodeState, is_state, is_work_state
 from models.tables import NodeRow
 
@@ -28,13 +29,19 @@ MAX_NODE_ID: Final = 2**63 - 1
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description=NAME_RULE, examples=["alice-1"])]
 Region = Annotated[
     str,
-    Field(pattern=formats.REGION, description=formats.RULES["region"][1], examples=["eu-west-1"]),
+    Field(
+        max_length=formats.MAX_LENGTH["region"],
+        pattern=formats.REGION,
+        description=formats.RULES["region"][1] + ", one of the fleet's",
+        examples=["eu-west-1"],
+    ),
 ]
 InstanceType = Annotated[
     str,
     Field(
+        max_length=formats.MAX_LENGTH["instance_type"],
         pattern=formats.INSTANCE_TYPE,
-        description=formats.RULES["instance_type"][1],
+        description=formats.RULES["instance_type"][1] + ", one the region offers",
         examples=["t3.small"],
     ),
 ]
@@ -80,7 +87,10 @@ class NodeOut(BaseModel):
     )
     held: bool
     attempts: int = Field(description="Failed attempts of the current step")
-    last_error: str | None
+    last_error: str | None = Field(
+        description="Why the last attempt failed, without the fleet's internals (workers,"
+        " processes, AWS ids)"
+    )
     next_attempt_at: datetime
     region: str
     instance_type: str
@@ -104,7 +114,7 @@ class NodeOut(BaseModel):
             step=step_of(row, now),
             held=row.held,
             attempts=row.attempts,
-            last_error=row.last_error,
+            last_error=for_owner(row.last_error),
             next_attempt_at=row.next_attempt_at,
             region=row.region,
             instance_type=row.instance_type,
@@ -146,12 +156,13 @@ class EventOut(BaseModel):
             to_state=as_state(entry.to_state),
             actor=actor_of(entry.actor),
             attempt=entry.attempt,
-            error=entry.error,
+            error=for_owner(entry.error),
         )
 
 
 class EventList(BaseModel):
     items: list[EventOut]
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null at the end")
 
 
 class Health(BaseModel):

@@ -4,12 +4,14 @@ Only the issuer and the audience are required; everything else has a default tha
 an Amazon Cognito user pool (api/README.md).
 """
 
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.formats import Network, problem
+from models.placement import RegionOffer, offered, placement_problem
 
 AudienceClaim = Literal["aud", "client_id"]
 
@@ -20,6 +22,8 @@ class ApiSettings(BaseSettings):
     )
 
     database_url: str = "postgresql://postgres@127.0.0.1:5432/fleet"
+    # The fleet's Redis (the workers' FLEET_REDIS_URL): the API keeps its rate counts there.
+    redis_url: str = "redis://127.0.0.1:6379/0"
 
     # OpenID Connect. Cognito: https://cognito-idp.<region>.amazonaws.com/<user pool id>.
     api_oidc_issuer: str = Field(min_length=1)
@@ -50,11 +54,27 @@ class ApiSettings(BaseSettings):
     # destroyed), and nodes that are not destroyed.
     api_max_live_nodes_per_owner: int = Field(default=10, ge=0)
     api_max_nodes_per_owner: int = Field(default=100, ge=0)
-    # Per subject, per process: a token bucket refilled at this rate, holding up to burst.
-    api_rate_limit_per_minute: float = Field(default=120.0, gt=0)
+    # Per subject, across every API process: at most per_minute requests in any minute and
+    # burst in the time that rate takes to earn them (api/ratelimit.py). The counts are kept
+    # in this store (a `limits` storage URI): the fleet's Redis; memory:// counts in this
+    # process only. The prefix keeps two fleets sharing a Redis apart.
+    api_rate_limit_per_minute: int = Field(default=120, ge=1)
     api_rate_limit_burst: int = Field(default=30, ge=1)
+    api_rate_limit_storage: str | None = None  # default: redis_url
+    api_rate_limit_key_prefix: str = Field(default="fleet-api-rate", pattern=r"^[A-Za-z0-9:_-]+$")
+    # Request bodies above this are refused (413) before they are parsed or the token is
+    # checked. A create is a few hundred bytes.
+    api_max_body_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)
+    # A page of nodes or events stops before the item that would take it past this many
+    # bytes; its next_cursor gives the rest.
+    api_max_page_bytes: int = Field(default=262_144, ge=4096)
     # How long an Idempotency-Key is remembered.
     api_idempotency_hours: int = Field(default=24, ge=1)
+
+    # The fleet's regions, as the workers read them (FLEET_REGIONS, a JSON object of region
+    # to its launch settings): the API reads only each region's "instance_types". Without
+    # it, the API offers the default region and its default types only.
+    regions: dict[str, RegionOffer] = {}
 
     # Defaults for POST /nodes, shared with `fleet node create`.
     default_region: str = "eu-west-1"
@@ -66,7 +86,16 @@ class ApiSettings(BaseSettings):
         for field in ("region", "instance_type"):
             if message := problem(field, getattr(self, f"default_{field}")):
                 raise ValueError(f"default_{field}: {message}")
+        found = placement_problem(self.offered(), self.default_region, self.default_instance_type)
+        if found is not None:
+            raise ValueError(f"default_region, default_instance_type: {found}")
         return self
+
+    def offered(self) -> Mapping[str, RegionOffer]:
+        return offered(self.regions, self.default_region)
+
+    def rate_limit_storage(self) -> str:
+        return self.api_rate_limit_storage or self.redis_url
 
     def jwks_url(self) -> str:
         return self.api_jwks_url or self.api_oidc_issuer.rstrip("/") + "/.well-known/jwks.json"

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobs.user_data import compressed_user_data
+from models.placement import RegionOffer
 
 
 class RootVolume(BaseModel):
@@ -15,12 +16,13 @@ class RootVolume(BaseModel):
     size_gib: int = Field(default=20, ge=8)
 
 
-class RegionConfig(BaseModel):
-    """Where and how to launch in one region (the golden image is per region)."""
+class RegionConfig(RegionOffer):
+    """Where and how to launch in one region (the golden image is per region), and which
+    instance types may be asked for there (RegionOffer: the API reads only that)."""
 
     ami: str
     key_name: str | None = None
-    security_group_ids: list[str] = []
+    security_group_ids: list[str] = Field(default_factory=list)
     subnet_id: str | None = None
     iam_instance_profile: str | None = None
     # A cloud-init file sent as the launch's user data (gzip-compressed), for an AMI that

@@ -12,6 +12,12 @@ REGION: Final = r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$"
 INSTANCE_TYPE: Final = r"^[a-z][a-z0-9-]*\.[a-z0-9]+$"
 VERSION: Final = r"^v?[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]{1,64})?$"
 
+# The longest value of each app-written column: CHECK constraints in
+# migrations/sql/0006_apilimits.sql (name and owner: their patterns), the API's schemas and
+# tests/test_api_limits.py say the same. AWS's longest region name has 14 characters and
+# its longest instance type 19.
+MAX_LENGTH: Final[dict[str, int]] = {"name": 63, "owner": 200, "region": 32, "instance_type": 32}
+
 RULES: Final[dict[str, tuple[str, str]]] = {
     "name": (NAME, "2-63 characters: lowercase letters, digits and '-', starting with a letter"),
     "owner": (OWNER, "1-200 printable characters without spaces"),
@@ -24,6 +30,10 @@ RULES: Final[dict[str, tuple[str, str]]] = {
 def problem(field: str, value: str) -> str | None:
     """A one-line description of what is wrong with value, or None when it is well formed."""
     pattern, rule = RULES[field]
+    longest = MAX_LENGTH.get(field)
+    if longest is not None and len(value) > longest:
+        # Not the value itself: it may be megabytes.
+        return f"bad {field.replace('_', ' ')}: {len(value)} characters, at most {longest}"
     if re.fullmatch(pattern, value):
         return None
     return f"bad {field.replace('_', ' ')} {value!r}: {rule}"

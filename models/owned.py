@@ -6,10 +6,14 @@ models/nodes.py, so the database's lifecycle rules decide what is legal.
 
 Node names are unique across the fleet (they name instances and backups), which would
 let one owner probe for another's names. So an owner's name gets a suffix derived from
-the owner ("alice-1" becomes "alice-1-3f9a2b1c"): owners pick names independently and a
-taken name can only be one's own.
+the owner: 128 bits of the owner's SHA-256 in lowercase base32 ("alice-1" becomes
+"alice-1-<26 characters>"). Owners pick names independently and a taken name can only be
+one's own; two owners sharing a suffix would take a 2^64 search to find. Nodes named
+before this got 32 bits (8 hex digits), which two subjects could share; they keep that
+name, and it still counts as theirs.
 """
 
+import base64
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,9 +27,11 @@ from models.errors import BadInput, FleetError, IllegalTransition
 from models.formats import problem
 from models.queries import query
 from models.states import NodeState
-from models.tables import IdempotencyKeyRow, NodeRow, ReleaseRow
+from models.tables import HistoryRow, IdempotencyKeyRow, NodeRow, ReleaseRow
 
-OWNER_TAG_LENGTH: Final = 8
+OWNER_TAG_BYTES: Final = 16
+OWNER_TAG_LENGTH: Final = 26  # 128 bits, 5 to a base32 character
+LEGACY_TAG_LENGTH: Final = 8
 # Room left for an owner's own name: the fleet-wide name is at most 63 characters.
 MAX_OWNER_NAME_LENGTH: Final = 63 - OWNER_TAG_LENGTH - 1
 # Nodes that hold (or are getting) an instance: what the per-owner limit counts.
@@ -83,7 +89,12 @@ class UnknownRelease(FleetError):
 
 
 def owner_tag(owner: str) -> str:
-    return hashlib.sha256(owner.encode()).hexdigest()[:OWNER_TAG_LENGTH]
+    digest = hashlib.sha256(owner.encode()).digest()[:OWNER_TAG_BYTES]
+    return base64.b32encode(digest).decode().rstrip("=").lower()
+
+
+def legacy_tag(owner: str) -> str:
+    return hashlib.sha256(owner.encode()).hexdigest()[:LEGACY_TAG_LENGTH]
 
 
 def fleet_name(owner: str, name: str) -> str:
@@ -93,7 +104,10 @@ def fleet_name(owner: str, name: str) -> str:
 
 def owner_name(row: NodeRow) -> str:
     """The name as its owner gave it (nodes made outside the API keep their name)."""
-    return row.name.removesuffix(f"-{owner_tag(row.owner)}")
+    for tag in (owner_tag(row.owner), legacy_tag(row.owner)):
+        if row.name.endswith(f"-{tag}"):
+            return row.name.removesuffix(f"-{tag}")
+    return row.name
 
 
 def act_as(session: Session, actor: str) -> None:
@@ -139,9 +153,18 @@ def list_owned(
     return session.scalars(statement).all()
 
 
-def owned_history(session: Session, viewer: Viewer, node_id: int) -> list[nodes.HistoryEntry]:
+def owned_history(
+    session: Session, viewer: Viewer, node_id: int, *, limit: int, after: int = 0
+) -> Sequence[HistoryRow]:
+    """Up to limit lines of the node's history with ids above after, in order."""
     row = find_owned(session, viewer, node_id)
-    return nodes.node_history(session, row.id)
+    statement = (
+        select(HistoryRow)
+        .where(HistoryRow.node_id == row.id, HistoryRow.id > after)
+        .order_by(HistoryRow.id)
+        .limit(limit)
+    )
+    return session.scalars(statement).all()
 
 
 def create_owned(session: Session, spec: nodes.NodeSpec, limits: Limits) -> NodeRow:
@@ -150,8 +173,13 @@ def create_owned(session: Session, spec: nodes.NodeSpec, limits: Limits) -> Node
     if message := problem("name", full_name):
         raise BadInput(message)
     lock_owner(session, spec.owner)
-    if session.scalar(select(NodeRow.id).where(NodeRow.name == full_name)) is not None:
+    names = (full_name, f"{spec.name}-{legacy_tag(spec.owner)}")
+    mine = select(NodeRow.id).where(NodeRow.owner == spec.owner, NodeRow.name.in_(names))
+    if session.scalar(mine) is not None:
         raise NameTaken(f"you already have a node named {spec.name!r}")
+    # Another owner holds it only if an operator made that name by hand.
+    if session.scalar(select(NodeRow.id).where(NodeRow.name == full_name)) is not None:
+        raise NameTaken(f"the name {spec.name!r} is not available")
     active, kept = _counts(session, spec.owner)
     if kept >= limits.max_nodes:
         raise OverLimit(

@@ -6,6 +6,7 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Computed,
     DateTime,
     Double,
@@ -20,6 +21,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from models.formats import MAX_LENGTH
 
 Timestamp = DateTime(timezone=True)
 # Columns the database fills in (defaults and triggers); the ORM leaves them out of INSERTs.
@@ -61,6 +64,12 @@ class NodeRow(Base):
         Index("nodes_leased", "lease_expires_at", postgresql_where=text("lease_owner IS NOT NULL")),
         Index("nodes_by_state", "state"),
         Index("nodes_by_owner", "owner"),
+        *(
+            CheckConstraint(
+                f"char_length({column}) <= {MAX_LENGTH[column]}", f"nodes_{column}_length"
+            )
+            for column in ("region", "instance_type")
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)

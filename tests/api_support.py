@@ -4,11 +4,13 @@ served by a real uvicorn on a free loopback port."""
 
 import base64
 import json
+import re
+import select
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -33,8 +35,12 @@ def settings_for(db_url: str, issuer: Issuer, **overrides: Any) -> ApiSettings:
         "api_oidc_issuer": issuer.url,
         "api_oidc_audience": AUDIENCE,
         "api_admin_group": "fleet-admins",
-        "api_rate_limit_per_minute": 6000.0,
+        "api_rate_limit_per_minute": 6000,
+        # Counted in this process: tests of the shared count pass the session's Redis.
+        "api_rate_limit_storage": "memory://",
         "api_rate_limit_burst": 1000,
+        # Two regions offering the default types (models/placement.py).
+        "regions": {"eu-west-1": {}, "us-east-2": {}},
     }
     return ApiSettings(_env_file=None, **(values | overrides))
 
@@ -111,3 +117,28 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     assert isinstance(body, dict)
     assert body["status"] == status and body["title"] and body["detail"], body
     return body
+
+
+def raw_exchange(
+    url: str, head: str, chunks: Iterable[bytes | memoryview] = ()
+) -> tuple[int, bytes]:
+    """Send head and then chunks on a plain socket until the server answers; the answer's
+    status and body. A plain socket, so the test decides exactly what goes on the wire."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head.encode())
+        for chunk in chunks:
+            if select.select([sock], [], [], 0)[0]:
+                break  # answered: stop sending
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += sock.recv(65536)
+        header, _, body = received.partition(b"\r\n\r\n")
+        length = int(re.search(rb"content-length: *(\d+)", header, re.I).group(1))  # type: ignore[union-attr]
+        while len(body) < length:
+            body += sock.recv(65536)
+        return int(header.split()[1]), body

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from models import logins, nodes, releases, reseal, secrets
+from models import logins, nodes, placement, releases, reseal, secrets
 from models.errors import BadInput, FleetError
 from models.identity import fleet_id
 from models.nodes import NodeRecord
@@ -182,6 +182,9 @@ def node_create(
         version=version,
         start=start,
     )
+    where = placement.offered(config.regions, config.default_region)
+    if message := placement.placement_problem(where, spec.region, spec.instance_type):
+        raise BadInput(message)
     with operator_session() as session:
         row = nodes.create_node(session, spec)
         out.print(f"node {row.name} created in state {row.state}")
