@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.formats import Network, problem
+from models.session import DatabaseUrl
 
 AudienceClaim = Literal["aud", "client_id"]
 
@@ -19,7 +20,7 @@ class ApiSettings(BaseSettings):
         env_prefix="FLEET_", env_file=".env", extra="ignore", frozen=True
     )
 
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/fleet"
+    database_url: DatabaseUrl = "postgresql://postgres@127.0.0.1:5432/fleet"
 
     # OpenID Connect. Cognito: https://cognito-idp.<region>.amazonaws.com/<user pool id>.
     api_oidc_issuer: str = Field(min_length=1)

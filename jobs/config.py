@@ -6,6 +6,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.session import DatabaseUrl
+
 
 class RegionConfig(BaseModel):
     """Where and how to launch in one region (the golden image is per region)."""
@@ -32,7 +34,7 @@ class StepSettings(BaseSettings):
         env_prefix="FLEET_", env_file=".env", extra="ignore", frozen=True
     )
 
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/fleet"
+    database_url: DatabaseUrl = "postgresql://postgres@127.0.0.1:5432/fleet"
 
     # AWS. An endpoint URL points boto3 at something else than AWS (the simulator).
     aws_endpoint_url: str | None = None
