@@ -391,6 +391,7 @@ def reconcile_command(
     from worker import reconcile
 
     config = settings()
+    configure_logging(config)
     if not config.regions:
         raise BadInput("no regions configured (FLEET_REGIONS)")
     engine = engine_for(config.database_url, f"fleet-cli:{getpass.getuser()}"[:63])
