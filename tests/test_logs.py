@@ -25,7 +25,7 @@ def json_lines(stderr: str) -> list[dict[str, object]]:
     """Every line parsed as JSON (a line that is not fails the test) with the fields."""
     lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]
     for line in lines:
-        assert FIELDS <= line.keys(), line
+        assert line.keys() >= FIELDS, line
     return lines
 
 

@@ -33,6 +33,13 @@ class Failure:
 
 def explain(exc: BaseException) -> Failure | None:
     """The line and exit code for a failure the operator can act on; None for a bug."""
+    for kind in (input_failure, secret_failure, database_failure, service_failure):
+        if failure := kind(exc):
+            return failure
+    return None
+
+
+def input_failure(exc: BaseException) -> Failure | None:
     match exc:
         case FleetError():
             return Failure(str(exc), BAD_INPUT)
@@ -42,10 +49,21 @@ def explain(exc: BaseException) -> Failure | None:
             return Failure(unparsable_setting(exc), BAD_INPUT)
         case UnicodeEncodeError() if "surrogates" in exc.reason:
             return Failure("some input is not valid UTF-8", BAD_INPUT)
+    return None
+
+
+def secret_failure(exc: BaseException) -> Failure | None:
+    # Tampered data or a key ring without the right key: not fixed by retyping the command.
+    match exc:
         case SecretsDoNotOpen():
             return Failure(f"secrets do not open, none revealed: {exc}", UNAVAILABLE)
         case SecretError():
             return Failure(str(exc), UNAVAILABLE)
+    return None
+
+
+def database_failure(exc: BaseException) -> Failure | None:
+    match exc:
         case OperationalError():
             return Failure(f"cannot reach the database: {database_says(exc)}", UNAVAILABLE)
         case DBAPIError() if sqlstate(exc) in NOT_MIGRATED:
@@ -59,7 +77,7 @@ def explain(exc: BaseException) -> Failure | None:
                 " is FLEET_DATABASE_URL the right login?",
                 BAD_INPUT,
             )
-    return service_failure(exc)
+    return None
 
 
 def service_failure(exc: BaseException) -> Failure | None:
