@@ -115,6 +115,21 @@ def test_names_that_are_not_utf8_are_refused_before_anything_runs(
     assert fetch(db_url, "SELECT * FROM node_history ORDER BY id") == before
 
 
+def test_the_api_on_a_port_in_use_ends_with_one_error_line(
+    role_env: dict[str, dict[str, str]],
+) -> None:
+    env = {**role_env["api"], "FLEET_API_OIDC_ISSUER": "https://issuer.example"}
+    env["FLEET_API_OIDC_AUDIENCE"] = "fleet"
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = run(env, "api", "--port", str(port))
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    # uvicorn's own line says why; the last says what the fleet could not do.
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"error: the API cannot listen on 127.0.0.1:{port}: see the log line above"
+
+
 def test_an_unreachable_database_names_host_and_port_but_not_the_password(
     fleet_env: dict[str, str],
 ) -> None:

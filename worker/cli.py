@@ -479,13 +479,21 @@ def api(
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
 ) -> None:
     """Serve the HTTP API for apps and users (api/README.md)."""
+    from uvicorn.config import STARTUP_FAILURE
+
     from api.server import serve
 
     if not 0 <= port <= MAX_PORT:
         raise BadInput(f"--port must be 0 to {MAX_PORT}, not {port}")
     configure_logging(settings())
     require_login("api", "API")
-    serve(host, port)
+    try:
+        serve(host, port)
+    except SystemExit as exc:
+        # uvicorn has logged why (a port in use, an unknown host) and exits 3.
+        if exc.code != STARTUP_FAILURE:
+            raise
+        raise BadInput(f"the API cannot listen on {host}:{port}: see the log line above") from None
 
 
 @app.command("worker")
