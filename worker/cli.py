@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from pydantic import BaseModel
@@ -516,11 +516,14 @@ def not_utf8(args: Sequence[str]) -> str | None:
         try:
             arg.encode()
         except UnicodeEncodeError:
-            return os.fsencode(arg).decode(errors="backslashreplace")
+            try:
+                return os.fsencode(arg).decode(errors="backslashreplace")
+            except UnicodeEncodeError:  # a surrogate no undecodable byte makes
+                return arg.encode(errors="backslashreplace").decode()
     return None
 
 
-def fail(failure: Failure) -> None:
+def fail(failure: Failure) -> NoReturn:
     typer.echo(f"error: {failure.message}", err=True)
     raise SystemExit(failure.exit_code)
 
