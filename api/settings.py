@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.formats import Network, problem
 from models.placement import RegionOffer, offered, placement_problem
+from models.session import DatabaseUrl
 
 AudienceClaim = Literal["aud", "client_id"]
 
@@ -21,7 +22,7 @@ class ApiSettings(BaseSettings):
         env_prefix="FLEET_", env_file=".env", extra="ignore", frozen=True
     )
 
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/fleet"
+    database_url: DatabaseUrl = "postgresql://postgres@127.0.0.1:5432/fleet"
     # The fleet's Redis (the workers' FLEET_REDIS_URL): the API keeps its rate counts there.
     redis_url: str = "redis://127.0.0.1:6379/0"
 

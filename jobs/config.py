@@ -9,6 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobs.user_data import compressed_user_data
 from models.placement import RegionOffer
+from models.session import DatabaseUrl
 
 
 class RootVolume(BaseModel):
@@ -57,7 +58,7 @@ class StepSettings(BaseSettings):
         env_prefix="FLEET_", env_file=".env", extra="ignore", frozen=True
     )
 
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/fleet"
+    database_url: DatabaseUrl = "postgresql://postgres@127.0.0.1:5432/fleet"
 
     # AWS. An endpoint URL points boto3 at something else than AWS (the simulator).
     aws_endpoint_url: str | None = None

@@ -49,7 +49,21 @@ class Secret:
 
 
 class SecretError(Exception):
-    """A secret could not be opened (unknown key id, or the data was tampered with)."""
+    """A secret could not be opened (unknown key id, or the data was tampered with).
+    The reason names the key id, never anything of the value."""
+
+    def __init__(self, node_id: int, kind: SecretKind, reason: str) -> None:
+        super().__init__(f"{kind} of node {node_id} {reason}")
+        self.kind = kind
+        self.reason = reason
+
+
+class SecretsDoNotOpen(Exception):
+    """Some of a node's secrets do not open: each kind with why."""
+
+    def __init__(self, failed: dict[SecretKind, str]) -> None:
+        super().__init__("; ".join(f"{kind} {reason}" for kind, reason in failed.items()))
+        self.failed = failed
 
 
 @dataclass(frozen=True)
@@ -95,12 +109,17 @@ class KeyRing:
     ) -> Secret:
         key = self.keys.get(key_id)
         if key is None:
-            raise SecretError(f"{kind} of node {node_id} is sealed with unknown key {key_id!r}")
+            raise SecretError(
+                node_id, kind, f"is sealed with unknown key {key_id!r} (not in FLEET_SECRET_KEYS)"
+            )
         try:
             plain = AESGCM(key).decrypt(nonce, sealed, _bound_to(node_id, kind))
         except InvalidTag:
             raise SecretError(
-                f"{kind} of node {node_id} does not open: tampered or misplaced"
+                node_id,
+                kind,
+                f"does not open with key {key_id!r}: tampered or misplaced,"
+                " or that id names another key than the one that sealed it",
             ) from None
         return Secret(plain.decode())
 
@@ -133,3 +152,19 @@ def load(connection: Connection, ring: KeyRing, node_id: int, kind: SecretKind) 
     if row is None:
         return None
     return ring.open(node_id, kind, row.key_id, bytes(row.nonce), bytes(row.ciphertext))
+
+
+def open_all(connection: Connection, ring: KeyRing, node_id: int) -> dict[SecretKind, Secret]:
+    """Every stored secret of the node, or SecretsDoNotOpen naming each one that does not:
+    all or nothing, so that a recovery never works from half the secrets."""
+    opened: dict[SecretKind, Secret] = {}
+    failed: dict[SecretKind, str] = {}
+    for kind in SECRET_KINDS:
+        try:
+            if (value := load(connection, ring, node_id, kind)) is not None:
+                opened[kind] = value
+        except SecretError as exc:
+            failed[kind] = exc.reason
+    if failed:
+        raise SecretsDoNotOpen(failed)
+    return opened

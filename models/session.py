@@ -4,8 +4,12 @@ process in pg_stat_activity and, through fleet_actor(), in node_history."""
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
+from typing import Annotated
 
+from pydantic import AfterValidator
 from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -15,6 +19,24 @@ def sqlalchemy_url(database_url: str) -> str:
         if database_url.startswith(prefix):
             return "postgresql+psycopg://" + database_url.removeprefix(prefix)
     return database_url
+
+
+def check_database_url(database_url: str) -> str:
+    """A PostgreSQL URL the engine can use, checked when the settings are read so that a
+    typo is one line about the setting. The messages never echo the URL: it may hold a
+    password."""
+    try:
+        url = make_url(sqlalchemy_url(database_url))
+    except (ArgumentError, ValueError):
+        raise ValueError(
+            "not a database URL (postgresql://user[:password]@host[:port]/database)"
+        ) from None
+    if url.drivername != "postgresql+psycopg":
+        raise ValueError(f"{url.drivername}:// is not supported: the fleet needs postgresql://")
+    return database_url
+
+
+DatabaseUrl = Annotated[str, AfterValidator(check_database_url)]
 
 
 @cache

@@ -182,7 +182,7 @@ def test_an_unreachable_database_is_one_line(fleet: Fleet, fleet_env: dict[str, 
     )  # fmt: skip
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1
-    assert result.stderr.startswith("error: cannot use the database")
+    assert result.stderr.startswith("error: cannot reach the database")
 
 
 def test_worker_burst_runs_the_queue_dry_and_exits(fleet_env: dict[str, str], db_url: str) -> None:

@@ -11,23 +11,23 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Engine, select, text
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from models import logins, nodes, placement, releases, reseal, secrets
-from models.errors import BadInput, FleetError
+from models.errors import BadInput
 from models.identity import fleet_id
 from models.nodes import NodeRecord
 from models.session import engine_for, transaction
 from models.states import is_state
 from models.tables import SecretRow
+from worker.cli_errors import BAD_INPUT, Failure, explain
 from worker.logs import configure_logging
 from worker.settings import settings
 
@@ -44,10 +44,7 @@ app.add_typer(secrets_app, name="secrets")
 out = Console()
 
 
-class Unreachable(Exception):
-    """A service the command needs does not answer (exit 1: not the user's input)."""
-
-
+MAX_PORT = 65535
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
@@ -276,12 +273,11 @@ def node_secrets(
                 table.add_row(kind, key_id, created.isoformat(timespec="seconds"))
             out.print(table)
             return
-        ring = configured_key_ring()
-        typer.echo(f"revealing the secrets of node {name} in clear text", err=True)
-        connection = session.connection()
-        for kind in secrets.SECRET_KINDS:
-            if value := secrets.load(connection, ring, row.id, kind):
-                typer.echo(f"{kind}: {value.reveal()}")
+        # All or nothing: a recovery from some of the secrets would be worse than none.
+        opened = secrets.open_all(session.connection(), configured_key_ring(), row.id)
+    typer.echo(f"revealing the secrets of node {name} in clear text", err=True)
+    for kind, value in opened.items():
+        typer.echo(f"{kind}: {value.reveal()}")
 
 
 KEY_STANDING = {
@@ -398,6 +394,7 @@ def reconcile_command(
     from worker import reconcile
 
     config = settings()
+    configure_logging(config)
     if not config.regions:
         raise BadInput("no regions configured (FLEET_REGIONS)")
     engine = engine_for(config.database_url, f"fleet-cli:{getpass.getuser()}"[:63])
@@ -460,7 +457,6 @@ def status(as_json: JsonFlag = False) -> None:
 def dispatcher() -> None:
     """Turn due nodes into jobs until SIGTERM or Ctrl-C."""
     from redis import Redis
-    from redis.exceptions import ConnectionError as RedisDown
 
     from worker.dispatcher import Dispatcher
 
@@ -477,10 +473,7 @@ def dispatcher() -> None:
     from worker.metrics import serve_metrics
 
     serve_metrics(config.metrics_port)
-    try:
-        Dispatcher(config, Redis.from_url(config.redis_url)).run(stop)
-    except RedisDown as exc:
-        raise Unreachable(f"cannot reach Redis: {exc}") from None
+    Dispatcher(config, Redis.from_url(config.redis_url)).run(stop)
 
 
 @app.command("api")
@@ -489,11 +482,21 @@ def api(
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
 ) -> None:
     """Serve the HTTP API for apps and users (api/README.md)."""
+    from uvicorn.config import STARTUP_FAILURE
+
     from api.server import serve
 
+    if not 0 <= port <= MAX_PORT:
+        raise BadInput(f"--port must be 0 to {MAX_PORT}, not {port}")
     configure_logging(settings())
     require_login("api", "API")
-    serve(host, port)
+    try:
+        serve(host, port)
+    except SystemExit as exc:
+        # uvicorn has logged why (a port in use, an unknown host) and exits 3.
+        if exc.code != STARTUP_FAILURE:
+            raise
+        raise BadInput(f"the API cannot listen on {host}:{port}: see the log line above") from None
 
 
 @app.command("worker")
@@ -501,29 +504,41 @@ def worker(
     burst: Annotated[bool, typer.Option(help="Exit once the queue is empty")] = False,
 ) -> None:
     """Run steps. SIGTERM finishes the current step, then exits."""
-    from redis.exceptions import ConnectionError as RedisDown
-
     from worker.process import run_worker
 
     config = settings()
     configure_logging(config)
     require_login("worker", "worker")
-    try:
-        run_worker(config, burst=burst)
-    except RedisDown as exc:
-        raise Unreachable(f"cannot reach Redis: {exc}") from None
+    run_worker(config, burst=burst)
+
+
+def not_utf8(args: Sequence[str]) -> str | None:
+    """The first argument that is not valid UTF-8 (Python keeps its bytes as surrogates),
+    shown with those bytes escaped."""
+    for arg in args:
+        try:
+            arg.encode()
+        except UnicodeEncodeError:
+            try:
+                return os.fsencode(arg).decode(errors="backslashreplace")
+            except UnicodeEncodeError:  # a surrogate no undecodable byte makes
+                return arg.encode(errors="backslashreplace").decode()
+    return None
+
+
+def fail(failure: Failure) -> NoReturn:
+    typer.echo(f"error: {failure.message}", err=True)
+    raise SystemExit(failure.exit_code)
 
 
 def main() -> None:
+    # Refused before anything runs: no command gets halfway with such a name.
+    if (bad := not_utf8(sys.argv[1:])) is not None:
+        fail(Failure(f"argument '{bad}' is not valid UTF-8", BAD_INPUT))
     try:
         app()
-    except FleetError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise SystemExit(2) from None
-    except OperationalError as exc:
-        first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        typer.echo(f"error: cannot use the database: {first}", err=True)
-        raise SystemExit(1) from None
-    except Unreachable as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise SystemExit(1) from None
+    except Exception as exc:
+        # Only what worker/cli_errors.py knows; anything else is a bug and keeps its traceback.
+        if (failure := explain(exc)) is None:
+            raise
+        fail(failure)

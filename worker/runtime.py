@@ -304,7 +304,11 @@ class _ThisProcess:
 def start_runtime(config: FleetSettings) -> Runtime:
     """This process's runtime, with the step modules it is configured with loaded."""
     for module in config.step_module_names():
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            # A typo in FLEET_STEP_MODULES, or a module missing from this image.
+            raise BadInput(f"FLEET_STEP_MODULES: cannot import {module}: {exc}") from None
     _ThisProcess.runtime = Runtime(config, steps)
     return _ThisProcess.runtime
 

@@ -1,10 +1,31 @@
 """Configuration from the environment (prefix FLEET_) or a .env file."""
 
 from functools import cache
+from typing import Annotated
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from jobs.config import StepSettings
+from models.session import DatabaseUrl
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def check_redis_url(redis_url: str) -> str:
+    """What redis-py's from_url would refuse, refused when the settings are read (the
+    message never echoes the URL: it may hold a password)."""
+    parts = urlsplit(redis_url)
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ValueError("not a Redis URL (redis://, rediss:// or unix://)")
+    try:
+        parts.port  # noqa: B018  # urllib checks the port only when asked for it
+        path = parts.path.lstrip("/")
+        if parts.scheme != "unix" and path:
+            int(path)
+    except ValueError:
+        raise ValueError("not a Redis URL (redis://[:password@]host[:port][/db number])") from None
+    return redis_url
 
 
 class FleetSettings(StepSettings):
@@ -12,9 +33,9 @@ class FleetSettings(StepSettings):
 
     # The schema owner's URL, for `fleet db upgrade` and `fleet db create-login` (the only
     # commands that need it); unset, they use database_url.
-    owner_database_url: str | None = None
+    owner_database_url: DatabaseUrl | None = None
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: Annotated[str, AfterValidator(check_redis_url)] = "redis://127.0.0.1:6379/0"
     queue_name: str = "fleet"
 
     # Leases: a worker renews its lease every lease_seconds / 3 while a step runs; the
@@ -41,8 +62,8 @@ class FleetSettings(StepSettings):
     reconcile_interval_seconds: float = Field(default=0.0, ge=0)
     # Prometheus metrics on this port (0: off). Workers on one machine need one port each:
     # each worker takes the first free port from worker_metrics_port upwards.
-    metrics_port: int = Field(default=0, ge=0)
-    worker_metrics_port: int = Field(default=0, ge=0)
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
     # Python modules whose import registers the steps (comma separated).
     step_modules: str = "jobs.steps"
@@ -56,7 +77,7 @@ class FleetSettings(StepSettings):
     default_network: str = "regtest"
 
     log_format: str = Field(default="console", pattern="^(console|json)$")
-    log_level: str = "INFO"
+    log_level: str = Field(default="INFO", pattern="(?i)^(debug|info|warning|error|critical)$")
 
     def owner_url(self) -> str:
         return self.owner_database_url or self.database_url
