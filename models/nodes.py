@@ -16,7 +16,7 @@ from models.states import NodeState, is_state
 from models.tables import HistoryRow, NodeRow
 
 # SQLSTATEs raised by the lifecycle triggers (migrations/sql/0001_fleet_schema.sql).
-TRANSITION_REFUSED = {"FL001", "FL002", "FL003"}
+TRANSITION_REFUSED = {"FL001", "FL002", "FL003", "FL004"}
 
 
 class NodeSpec(BaseModel):
