@@ -15,3 +15,8 @@ ALTER TABLE nodes
     DROP CONSTRAINT nodes_target_version_format,
     ADD CONSTRAINT nodes_target_version_format CHECK (target_version ~ '^v?(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})(-[0-9A-Za-z-]{1,24}(\.[0-9A-Za-z-]{1,24}){0,3})?$');
 
+-- The fleet's own text is bounded: an error or hold reason is one line for an operator,
+-- not a place to store megabytes (the fleet's writes truncate to fit).
+UPDATE nodes SET last_error = left(last_error, 1000) WHERE char_length(last_error) > 1000;
+ALTER TABLE nodes
+    ADD CONSTRAINT nodes_last_error_length CHECK (char_length(last_error) <= 1000);
