@@ -52,4 +52,5 @@ def problem(field: str, value: str) -> str | None:
     pattern, rule = RULES[field]
     if re.fullmatch(pattern, value):
         return None
-    return f"bad {field.replace('_', ' ')} {value!r}: {rule}"
+    label = "artifact URL" if field == "artifact_url" else field.replace("_", " ")
+    return f"bad {label} {value!r}: {rule}"
