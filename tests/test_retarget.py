@@ -4,12 +4,16 @@ installed the old target and then cleared the new one, leaving nothing in the hi
 Now the database refuses it, naming the target being installed, unless the update is
 held (nothing runs): then the new target restarts the step and the history says so."""
 
+import subprocess
+from collections.abc import Callable
+
 import psycopg
 import pytest
 
 from tests.conftest import fetch, role_url
 from tests.test_schema import WORKER, put_in_state
 
+Fleet = Callable[..., subprocess.CompletedProcess[str]]
 RETARGET = "UPDATE nodes SET state = 'update', target_version = '1.1.0' WHERE id = %s"
 
 
@@ -108,3 +112,20 @@ def test_a_held_update_takes_a_new_target_and_starts_again(db_url: str) -> None:
         ("note", "update", "update", "target version 1.0.0 -> 1.1.0"),
         ("release", "update", "update", None),
     ]
+
+
+def test_the_command_line_retargets_only_a_held_update(db_url: str, fleet: Fleet) -> None:
+    node_id = updating_node(db_url)
+    with psycopg.connect(db_url, autocommit=True) as owner:
+        name = owner.execute("SELECT name FROM nodes WHERE id = %s", (node_id,)).fetchone()
+    assert name is not None
+    running = fleet("node", "request", name[0], "update", "--version", "1.1.0")
+    assert running.returncode == 2 and running.stdout == "", running
+    assert running.stderr == (
+        "error: node upd is already updating to 1.0.0: ask for 1.1.0 once it is stopped\n"
+    )
+    with psycopg.connect(db_url, autocommit=True) as owner:
+        owner.execute("UPDATE nodes SET held_at = now() WHERE id = %s", (node_id,))
+    held = fleet("node", "request", name[0], "update", "--version", "1.1.0")
+    assert held.returncode == 0, held
+    assert row(db_url, node_id)[:3] == ("update", "1.1.0", False)
