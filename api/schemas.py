@@ -51,7 +51,7 @@ Version = Annotated[
 ]
 Step = Literal["held", "running", "waiting", "due"]
 Actor = Literal["fleet", "api", "operator"]
-Event = Literal["create", "transition", "hold", "release", "backup"]
+Event = Literal["create", "transition", "hold", "release", "backup", "note"]
 
 
 class NodeCreate(BaseModel):

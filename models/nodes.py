@@ -16,7 +16,7 @@ from models.states import NodeState, is_state
 from models.tables import HistoryRow, NodeRow
 
 # SQLSTATEs raised by the lifecycle triggers (migrations/sql/0001_fleet_schema.sql).
-TRANSITION_REFUSED = {"FL001", "FL002", "FL003"}
+TRANSITION_REFUSED = {"FL001", "FL002", "FL003", "FL004"}
 
 
 class NodeSpec(BaseModel):
@@ -138,7 +138,9 @@ def request_state(
     if target_version is not None and state != "update":
         raise BadInput("a target version only goes with a request for update")
     row = find_node(session, name)
-    if row.state == state:
+    # A new target for an update is the database's to judge (taken only while held).
+    retarget = state == "update" and target_version not in (None, row.target_version)
+    if row.state == state and not retarget:
         raise IllegalTransition(f"node {name!r} is already in {state}")
     row.state = state
     if target_version is not None:

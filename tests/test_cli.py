@@ -218,9 +218,9 @@ def test_releases_are_added_and_listed(fleet: Fleet) -> None:
     assert listed == [
         {"version": "0.11.0", "artifact_url": "s3://releases/rln-0.11.0.tar.gz", "sha256": sha}
     ]
-    assert_refused(fleet("release", "add", "0.11.0", "s3://r/x", sha), "already known")
+    assert_refused(fleet("release", "add", "0.11.0", "s3://releases/x", sha), "already known")
     assert_refused(fleet("release", "add", "0.12.0", "ftp://r/x", sha), "bad artifact URL")
-    assert_refused(fleet("release", "add", "0.12.0", "s3://r/x", "abc"), "bad sha256")
+    assert_refused(fleet("release", "add", "0.12.0", "s3://releases/x", "abc"), "bad sha256")
 
 
 def test_secrets_are_listed_and_revealed_only_on_request(

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import structlog
 from sqlalchemy import Connection, Engine, Row, func, update
+from sqlalchemy.exc import DBAPIError
 
 from jobs.outcomes import Done, Fail, HoldNode, Outcome, Wait
 from jobs.registry import NodeFacts, NodeSnapshot, StepRegistry, UnknownStep, steps
@@ -136,7 +137,10 @@ class Runtime:
         if not is_work_state(state):
             log.error("job names no work state", node_id=node_id, state=state)
             return "skipped"
-        step = self._claim(node_id, state, step_run)
+        try:
+            step = self._claim(node_id, state, step_run)
+        except DBAPIError as exc:
+            return self._claim_refused(node_id, state, step_run, exc)
         if step is None:
             log.info(
                 "step not claimed: already taken, done or no longer due",
@@ -196,6 +200,31 @@ class Runtime:
         metrics.DISPATCH_LATENCY.labels(state).observe(max(0.0, fields.pop("waited_seconds")))
         # The claim matched state = :state, so the row is in this work state.
         return _snapshot(fields, state)
+
+    def _claim_refused(
+        self, node_id: int, state: WorkState, step_run: int, exc: DBAPIError
+    ) -> RunResult:
+        """The claim raised. A lost connection is not the node's doing: the job fails
+        and the row stays due. Anything else the database said about this row is a
+        failed attempt, held at the limit like any step's failure."""
+        if exc.connection_invalidated:
+            raise exc
+        error = f"claim refused by the database: {one_line_error(exc.orig or exc)}"
+        params: dict[str, object] = {
+            "node_id": node_id,
+            "state": state,
+            "step_run": step_run,
+            "error": error[:MAX_ERROR_LENGTH],
+            "max_attempts": self.config.max_attempts,
+            "delay_seconds": self.backoff_seconds(0),
+        }
+        with self.engine.connect() as connection:
+            counted = connection.execute(query("claim_refused"), params).first()
+        log.warning("claim refused", node_id=node_id, state=state, step_run=step_run,
+                    worker=self.worker, error=error)  # fmt: skip
+        if counted is None:
+            return "skipped"
+        return "held" if counted.held else "error"
 
     def _call_handler(self, context: RunningStep) -> Outcome:
         try:

@@ -78,6 +78,25 @@ DECLARE
     edge_actor text;
 BEGIN
     NEW.updated_at := now();
+    -- A new target for an update in progress. While its step may run (not held, or
+    -- leased) the worker would install the old target and then clear the new one, so
+    -- that is refused, naming the target being installed. A held update runs nothing:
+    -- the new target releases it and the step starts afresh for it (the history trigger
+    -- notes the change).
+    IF OLD.state = 'update' AND NEW.state = 'update'
+       AND NEW.target_version IS NOT NULL
+       AND NEW.target_version IS DISTINCT FROM OLD.target_version THEN
+        IF OLD.held_at IS NULL OR OLD.lease_owner IS NOT NULL THEN
+            RAISE EXCEPTION 'node % is already updating to %: ask for % once it is stopped',
+                OLD.name, OLD.target_version, NEW.target_version
+                USING ERRCODE = 'FL004';
+        END IF;
+        NEW.attempts := 0;
+        NEW.last_error := NULL;
+        NEW.held_at := NULL;
+        NEW.next_attempt_at := now();
+        RETURN NEW;
+    END IF;
     IF NEW.state = OLD.state THEN
         RETURN NEW;
     END IF;
@@ -127,7 +146,18 @@ BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO node_history (node_id, event, from_state, to_state, actor, login, attempt)
         VALUES (NEW.id, 'create', NULL, NEW.state, fleet_actor(), session_user, 0);
-    ELSIF NEW.state <> OLD.state THEN
+        RETURN NULL;
+    END IF;
+    -- A held update re-targeted (the transition trigger refuses it otherwise).
+    IF NEW.state = 'update' AND OLD.state = 'update' AND NEW.target_version IS NOT NULL
+       AND NEW.target_version IS DISTINCT FROM OLD.target_version THEN
+        INSERT INTO node_history (node_id, event, from_state, to_state, actor, login, attempt,
+                                  error, detail)
+        VALUES (NEW.id, 'note', OLD.state, NEW.state, fleet_actor(), session_user,
+                OLD.attempts, OLD.last_error,
+                format('target version %s -> %s', OLD.target_version, NEW.target_version));
+    END IF;
+    IF NEW.state <> OLD.state THEN
         INSERT INTO node_history (node_id, event, from_state, to_state, actor, login, attempt, error)
         VALUES (NEW.id, 'transition', OLD.state, NEW.state, fleet_actor(), session_user,
                 OLD.attempts, OLD.last_error);

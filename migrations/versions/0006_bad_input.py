@@ -14,6 +14,7 @@ down_revision = "0005_trust_boundaries"
 def upgrade() -> None:
     apply_sql("0006_bad_input.sql")
     apply_sql("0006_apilimits.sql")
+    apply_sql("0006_grammar.sql")
 
 
 def downgrade() -> None:

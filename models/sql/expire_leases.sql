@@ -5,7 +5,8 @@ UPDATE nodes
 SET lease_owner = NULL,
     lease_expires_at = NULL,
     attempts = attempts + 1,
-    last_error = 'lease of ' || lease_owner || ' expired: the worker died or stalled mid-step',
+    last_error = left('lease of ' || lease_owner || ' expired: the worker died or stalled mid-step',
+                      1000),
     held_at = CASE WHEN attempts + 1 >= :max_attempts THEN now() END,
     next_attempt_at = now()
 WHERE lease_owner IS NOT NULL
