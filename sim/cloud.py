@@ -40,13 +40,16 @@ class SimSettings:
     image_version: str = "0.9.0"
     poll_seconds: float = 0.2
     throttle_rate: float = 0.0
+    launch_delay_seconds: float = 0.0  # every RunInstances in flight this long
     faults: HostFaults = field(default_factory=HostFaults)
 
 
 class SimCloud:
     def __init__(self, settings: SimSettings) -> None:
         self.settings = settings
-        self.launches = LaunchLog(throttle_rate=settings.throttle_rate)
+        self.launches = LaunchLog(
+            throttle_rate=settings.throttle_rate, launch_delay_seconds=settings.launch_delay_seconds
+        )
         self.moto = MotoServer("127.0.0.1", settings.moto_port, self.launches)
         self.hosts: dict[str, SimHost] = {}  # by instance id, while the instance runs
         self.hosts_ever: dict[str, SimHost] = {}  # every host ever, terminated ones too
