@@ -79,6 +79,9 @@ class Ec2Front:
         self.app = app
         self.log = log
         self._moto = threading.Lock()
+        # moto's state is the process's: a launch still held when its server stops must
+        # not land in the next server's cloud.
+        self._closed = threading.Event()
         self._by_token: dict[str, Answer] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -97,8 +100,10 @@ class Ec2Front:
         with self.log.lock:
             self.log.in_flight += 1
         try:
-            time.sleep(self.log.launch_delay_seconds)
+            self._closed.wait(self.log.launch_delay_seconds)
             with self._moto:
+                if self._closed.is_set():
+                    return Answer("503 Service Unavailable", [], [b"simulated EC2 stopped"])
                 return self._run_instances(environ, token)
         finally:
             with self.log.lock:
@@ -121,6 +126,10 @@ class Ec2Front:
                 self._by_token[token] = answer
         return answer
 
+    def close(self) -> None:
+        with self._moto:
+            self._closed.set()
+
     def _ask_moto(self, environ: dict[str, Any]) -> Answer:
         started: list[Any] = []
 
@@ -133,9 +142,9 @@ class Ec2Front:
 
 class MotoServer:
     def __init__(self, host: str, port: int, log: LaunchLog) -> None:
-        app = Ec2Front(DomainDispatcherApplication(create_backend_app), log)
+        self._front = Ec2Front(DomainDispatcherApplication(create_backend_app), log)
         self._server: BaseWSGIServer = make_server(
-            host, port, app, threaded=True, request_handler=MotoRequestHandler
+            host, port, self._front, threaded=True, request_handler=MotoRequestHandler
         )
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self.log = log
@@ -152,5 +161,6 @@ class MotoServer:
         urllib.request.urlopen(request).close()
 
     def stop(self) -> None:
+        self._front.close()
         self._server.shutdown()
         self._thread.join()
