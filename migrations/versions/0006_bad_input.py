@@ -13,6 +13,7 @@ down_revision = "0005_trust_boundaries"
 
 def upgrade() -> None:
     apply_sql("0006_bad_input.sql")
+    apply_sql("0006_launches.sql")
 
 
 def downgrade() -> None:
