@@ -15,13 +15,17 @@ from pathlib import Path
 import psycopg
 import redis
 from rq import Queue, Worker
+from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
 
+from models.session import sqlalchemy_url
 from tests.conftest import add_nodes, fetch, role_url, wait_until
 from tests.simulation import Simulation
 from tests.test_lifecycle import reach, request
 from tests.test_reconcile import launch as tag_and_launch
 from worker.dispatcher import Dispatcher
 from worker.queue import DueStep, StepQueue
+from worker.reconcile import Finding, hold_missing
 from worker.settings import FleetSettings
 
 Popen = subprocess.Popen[bytes]
@@ -264,3 +268,25 @@ def test_the_dispatchers_reconcile_ends_our_orphans_and_only_reports_the_rest(
     assert found == sorted(
         [("duplicate", duplicate), ("foreign", other_fleet), ("foreign", untagged)]
     )
+
+
+def test_reconcile_holds_no_node_that_moved_on_since_it_read_the_rows(
+    simulation: Simulation, db_url: str
+) -> None:
+    """Reconcile read the node live with its instance; by the time it listed the cloud,
+    destroy had terminated that instance and was waiting for it to go. Now on by default,
+    reconcile must not hold the destroy (nor a row that names another instance)."""
+    engine = create_engine(sqlalchemy_url(role_url(db_url, "dispatcher")), poolclass=NullPool)
+    leaving, relaunched = add_nodes(db_url, ["leaving", "relaunched"], state="new")
+    with psycopg.connect(db_url, autocommit=True) as db:
+        db.execute("SET session_replication_role = replica")
+        place = "UPDATE nodes SET state = %s, instance_id = %s WHERE id = %s"
+        db.execute(place, ("destroy", "i-0aaaaaaaaaaaaaaaa", leaving))
+        db.execute(place, ("live", "i-0cccccccccccccccc", relaunched))
+    read_before = [
+        Finding("missing", "eu-west-1", "i-0aaaaaaaaaaaaaaaa", leaving, "leaving", "gone"),
+        Finding("missing", "eu-west-1", "i-0bbbbbbbbbbbbbbbb", relaunched, "relaunched", "gone"),
+    ]
+    assert hold_missing(engine, read_before) == 0
+    assert fetch(db_url, "SELECT held FROM nodes ORDER BY id") == [(False,), (False,)]
+    engine.dispose()

@@ -84,7 +84,12 @@ def hold_missing(engine: Engine, findings: list[Finding]) -> int:
     with engine.begin() as connection:
         for f in findings:
             if f.kind == "missing" and f.node_id is not None:
-                params = {"node_id": f.node_id, "error": f.detail}
+                params = {
+                    "node_id": f.node_id,
+                    "error": f.detail,
+                    "states": list(NEEDS_INSTANCE),
+                    "instance_id": f.instance_id,
+                }
                 held += len(connection.execute(query("hold_node"), params).all())
     return held
 
