@@ -107,6 +107,13 @@ class StepSettings(BaseSettings):
     # How long a step waits before looking again at something slow (a boot, an API).
     poll_seconds: float = Field(default=2.0, gt=0)
 
+    def launch_call_seconds(self) -> float:
+        """The longest one RunInstances call can take: every attempt timing out (connect
+        and read) plus botocore's backoff (at most 20 s) between them, and a margin for EC2
+        to show the instance. A launch not seen by then never went out."""
+        per_attempt = 2 * self.aws_timeout_seconds + 20.0
+        return self.ec2_max_retries * per_attempt + 30.0
+
     def address_kind(self) -> Literal["public_ip", "private_ip", "tag"]:
         if self.address_source.startswith("tag:"):
             return "tag"

@@ -126,6 +126,8 @@ class Cloud(Protocol):
 
     def tagged_instances(self, region: str) -> list[Instance]: ...
 
+    def find_launch(self, region: str, client_token: str) -> list[Instance]: ...
+
     def launch(self, node: NodeSnapshot) -> Instance: ...
 
     def describe(self, region: str, instance_id: str) -> Instance | None: ...
@@ -157,6 +159,11 @@ class Ec2Cloud:
             {"Name": "instance-state-name", "Values": ALIVE},
         ]
         return self._describe(region, Filters=filters)
+
+    def find_launch(self, region: str, client_token: str) -> list[Instance]:
+        """The instance(s) a RunInstances with this token made, in any state: what a
+        launch in flight made once EC2 shows it, terminated ones included."""
+        return self._describe(region, Filters=[{"Name": "client-token", "Values": [client_token]}])
 
     def launch(self, node: NodeSnapshot) -> Instance:
         region = self._region(node.region)

@@ -56,6 +56,17 @@ class NodeFacts:
     wallet_initialised: bool = False
 
 
+@dataclass(frozen=True)
+class Launch:
+    """A RunInstances the fleet recorded before making it (models/sql/intend_launch.sql)."""
+
+    generation: int
+    region: str
+    client_token: str
+    instance_id: str | None  # from EC2's answer, or from a lookup by the token
+    in_flight: bool  # no instance id yet, and the call may still be running
+
+
 class StepContext(Protocol):
     """What a step may use besides the node."""
 
@@ -93,6 +104,23 @@ class StepContext(Protocol):
 
     def take_launch_token(self) -> float:
         """0 when a launch may go now; otherwise seconds until the fleet's budget allows."""
+        ...
+
+    def intend_launch(self, client_token: str) -> bool:
+        """Record the launch about to be made, while this worker holds the row in
+        `instance`; False when it does not (launch nothing)."""
+        ...
+
+    def launched(self, client_token: str, instance_id: str) -> None:
+        """The instance a recorded launch made; saved whether or not the lease is held."""
+        ...
+
+    def launches(self) -> list[Launch]:
+        """Every launch recorded for the node."""
+        ...
+
+    def current_state(self) -> str | None:
+        """The node's state now, read again (for a worker that lost the row)."""
         ...
 
 

@@ -131,6 +131,22 @@ class SecretRow(Base):
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)
 
 
+class LaunchRow(Base):
+    """A launch recorded before its RunInstances call, and its instance once known."""
+
+    __tablename__ = "node_launches"
+
+    node_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("nodes.id"), primary_key=True)
+    launch_generation: Mapped[int] = mapped_column(Integer, primary_key=True)
+    region: Mapped[str] = mapped_column(Text)
+    client_token: Mapped[str] = mapped_column(Text, unique=True)
+    intended_by: Mapped[str] = mapped_column(Text)
+    intended_at: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)
+    settles_by: Mapped[datetime] = mapped_column(Timestamp)
+    instance_id: Mapped[str | None] = mapped_column(Text)
+    launched_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
 class ReleaseRow(Base):
     __tablename__ = "releases"
 

@@ -14,12 +14,17 @@ from io import BytesIO
 from typing import Any
 from urllib.parse import parse_qs
 
+from moto.ec2 import utils as moto_ec2_utils
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
     create_backend_app,
 )
 from werkzeug.serving import BaseWSGIServer, make_server
+
+# EC2 filters instances by the ClientToken of their launch; moto keeps the token on each
+# instance (Ec2Front passes it through) but does not offer the filter.
+moto_ec2_utils.filter_dict_attribute_mapping.setdefault("client-token", "client_token")
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 THROTTLED_BODY = (
@@ -34,6 +39,11 @@ class LaunchLog:
     """What the simulated EC2 API saw of RunInstances."""
 
     throttle_rate: float = 0.0
+    # Every RunInstances is held this long before EC2 acts on it (and other calls go on
+    # meanwhile): a launch provably in flight. The launch happens even if the caller has
+    # gone away by then, as on EC2 once a request is in.
+    launch_delay_seconds: float = 0.0
+    in_flight: int = 0
     launched_at: list[float] = field(default_factory=list)
     throttled: int = 0
     replayed: int = 0  # RunInstances answered from an earlier call's ClientToken
@@ -69,19 +79,35 @@ class Ec2Front:
         self.app = app
         self.log = log
         self._moto = threading.Lock()
+        # moto's state is the process's: a launch still held when its server stops must
+        # not land in the next server's cloud.
+        self._closed = threading.Event()
         self._by_token: dict[str, Answer] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
         environ["wsgi.input"] = BytesIO(body)
         form = parse_qs(body.decode(errors="replace"))
-        with self._moto:
-            if form.get("Action") == ["RunInstances"]:
-                answer = self._run_instances(environ, form.get("ClientToken", [""])[0])
-            else:
+        if form.get("Action") == ["RunInstances"]:
+            answer = self._delayed_launch(environ, form.get("ClientToken", [""])[0])
+        else:
+            with self._moto:
                 answer = self._ask_moto(environ)
         start_response(answer.status, answer.headers)
         return answer.body
+
+    def _delayed_launch(self, environ: dict[str, Any], token: str) -> Answer:
+        with self.log.lock:
+            self.log.in_flight += 1
+        try:
+            self._closed.wait(self.log.launch_delay_seconds)
+            with self._moto:
+                if self._closed.is_set():
+                    return Answer("503 Service Unavailable", [], [b"simulated EC2 stopped"])
+                return self._run_instances(environ, token)
+        finally:
+            with self.log.lock:
+                self.log.in_flight -= 1
 
     def _run_instances(self, environ: dict[str, Any], token: str) -> Answer:
         with self.log.lock:
@@ -100,6 +126,10 @@ class Ec2Front:
                 self._by_token[token] = answer
         return answer
 
+    def close(self) -> None:
+        with self._moto:
+            self._closed.set()
+
     def _ask_moto(self, environ: dict[str, Any]) -> Answer:
         started: list[Any] = []
 
@@ -115,9 +145,9 @@ class MotoServer:
     credentials = ("sim", "sim")
 
     def __init__(self, host: str, port: int, log: LaunchLog) -> None:
-        app = Ec2Front(DomainDispatcherApplication(create_backend_app), log)
+        self._front = Ec2Front(DomainDispatcherApplication(create_backend_app), log)
         self._server: BaseWSGIServer = make_server(
-            host, port, app, threaded=True, request_handler=MotoRequestHandler
+            host, port, self._front, threaded=True, request_handler=MotoRequestHandler
         )
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self.log = log
@@ -134,5 +164,6 @@ class MotoServer:
         urllib.request.urlopen(request).close()
 
     def stop(self) -> None:
+        self._front.close()
         self._server.shutdown()
         self._thread.join()

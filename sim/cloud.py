@@ -41,6 +41,7 @@ class SimSettings:
     image_version: str = "0.9.0"
     poll_seconds: float = 0.2
     throttle_rate: float = 0.0
+    launch_delay_seconds: float = 0.0  # every RunInstances in flight this long
     faults: HostFaults = field(default_factory=HostFaults)
     # The keys the hosts' S3 calls (backup uploads, release downloads) are signed with,
     # standing for an instance profile's; None: the simulator's own.
@@ -50,7 +51,9 @@ class SimSettings:
 class SimCloud:
     def __init__(self, settings: SimSettings, aws: EnforcingMotoServer | None = None) -> None:
         self.settings = settings
-        launches = LaunchLog(throttle_rate=settings.throttle_rate)
+        launches = LaunchLog(
+            throttle_rate=settings.throttle_rate, launch_delay_seconds=settings.launch_delay_seconds
+        )
         self.moto: MotoServer | EnforcingMotoServer = aws or MotoServer(
             "127.0.0.1", settings.moto_port, launches
         )

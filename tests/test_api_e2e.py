@@ -18,6 +18,12 @@ from models.session import sqlalchemy_url
 from sim.oidc import AUDIENCE, Issuer, running_issuer
 from tests.conftest import fetch, role_url, wait_until
 from tests.simulation import REGION, Simulation
+from tests.test_launch_races import (
+    launch_in_flight,
+    launch_over,
+    nothing_left_running,
+    ready_workers,
+)
 from worker.dispatcher import Dispatcher
 
 StartWorker = Callable[..., subprocess.Popen[bytes]]
@@ -132,3 +138,31 @@ def _secrets(simulation: Simulation, node_id: int) -> list[str]:
     finally:
         engine.dispose()
     return [secret.reveal() for secret in found if secret is not None]
+
+
+def test_destroy_through_the_api_during_the_launch_leaves_nothing_running(
+    simulation: Simulation,
+    issuer: Issuer,
+    fleet_api: str,
+    dispatcher: Dispatcher,
+    start_worker: StartWorker,
+) -> None:
+    """An API user creates with start: true and destroys while RunInstances is in flight."""
+    simulation.cloud.launches.launch_delay_seconds = 6.0
+    ready_workers(simulation, start_worker, 2)
+    token = issuer.token("racer", exp=int(time.time()) + 600)
+    with httpx.Client(base_url=fleet_api, headers={"Authorization": f"Bearer {token}"}) as app:
+        created = app.post("/nodes", json={"name": "hasty", "start": True})
+        assert created.status_code == 201, created.text
+        node_id = int(created.json()["id"])
+        launch_in_flight(simulation)
+        destroy = app.post(f"/nodes/{node_id}/destroy")
+        assert destroy.status_code < 300, destroy.text
+        wait_until(
+            lambda: app.get(f"/nodes/{node_id}").json()["state"] == "destroyed",
+            60,
+            "the node is destroyed",
+        )
+    launch_over(simulation)
+    assert len(simulation.instances_of(node_id)) == 1
+    nothing_left_running(simulation, node_id)

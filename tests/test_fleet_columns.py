@@ -10,6 +10,7 @@ from models.logins import FleetRole
 from models.queries import query
 from models.session import statement_engine_for
 from tests.conftest import add_nodes, fetch, role_url
+from worker.reconcile import NEEDS_INSTANCE
 from worker.runtime import start_runtime
 from worker.settings import FleetSettings
 
@@ -62,9 +63,13 @@ def test_last_error_is_bounded(db_url: str) -> None:
     ):
         login.execute("UPDATE nodes SET last_error = repeat('x', 1001) WHERE id = %s", (node_id,))
     # The fleet's own writes truncate to fit: reconcile's hold with a long reason.
+    with psycopg.connect(db_url, autocommit=True) as owner:
+        owner.execute("UPDATE nodes SET instance_id = 'i-0123456789abcdef0' WHERE id = %s", (node_id,))
     engine = statement_engine_for(role_url(db_url, "dispatcher"), "test-dispatcher")
+    params = {"node_id": node_id, "error": "y" * 5000, "states": list(NEEDS_INSTANCE),
+              "instance_id": "i-0123456789abcdef0"}  # fmt: skip
     with engine.connect() as connection:
-        held = connection.execute(query("hold_node"), {"node_id": node_id, "error": "y" * 5000})
+        held = connection.execute(query("hold_node"), params)
         assert held.first() is not None
     assert fetch(db_url, "SELECT char_length(last_error), held FROM nodes") == [(1000, True)]
 

@@ -8,23 +8,24 @@ import math
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, get_args
 
 import psycopg
 import structlog
+from botocore.exceptions import BotoCoreError, ClientError
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import Engine, Row
 from sqlalchemy.exc import OperationalError
 
-from jobs.ec2 import Ec2Cloud
+from jobs.ec2 import Ec2Cloud, UnknownRegion
 from models.identity import fleet_id
 from models.queries import query
 from models.session import engine_for
 from worker import metrics
 from worker.identity import process_name
 from worker.queue import DueStep, StepQueue
-from worker.reconcile import FleetMarks, hold_missing, reconcile
+from worker.reconcile import FindingKind, FleetMarks, hold_missing, reconcile, terminate_orphans
 from worker.settings import FleetSettings
 
 log = structlog.get_logger()
@@ -100,17 +101,35 @@ class Dispatcher:
             metrics.DUE.labels(row.state).set(row.due)
 
     def reconcile(self) -> None:
+        """Report what cloud and rows disagree on; hold rows whose instance is gone;
+        terminate orphans of destroyed or unknown nodes (never another fleet's)."""
         with self.engine.connect() as connection:
             fleet = fleet_id(connection)
         cloud = Ec2Cloud(self.config, fleet)
         marks = FleetMarks(fleet, self.config.fleet_tag)
         findings = reconcile(self.engine, cloud, marks, list(self.config.regions))
         for finding in findings:
-            log.warning("reconcile", **asdict(finding))
-        held = hold_missing(self.engine, findings)
+            log.warning("reconcile finding", **asdict(finding))
         metrics.RECONCILE_FINDINGS.set(len(findings))
+        for kind in get_args(FindingKind):
+            metrics.RECONCILE_KINDS.labels(kind).set(sum(f.kind == kind for f in findings))
+        held = hold_missing(self.engine, findings)
         if held:
             log.warning("held nodes whose instance is gone", held=held)
+        if self.config.reconcile_fix_orphans:
+            for instance_id in terminate_orphans(self.engine, cloud, findings):
+                log.warning("reconcile terminated an orphan", instance_id=instance_id)
+                metrics.RECONCILE_TERMINATED.inc()
+        log.info("reconciled", findings=len(findings), held=held)
+
+    def _reconcile_safely(self) -> None:
+        """A reconcile that EC2 refuses or cannot answer is reported and tried again at
+        the next interval; dispatching goes on."""
+        try:
+            self.reconcile()
+        except (BotoCoreError, ClientError, UnknownRegion) as exc:
+            metrics.RECONCILE_FAILED.inc()
+            log.error("reconcile failed", error=str(exc).splitlines()[0])
 
     def seconds_until_next_due(self) -> float:
         with self.engine.begin() as connection:
@@ -143,7 +162,7 @@ class Dispatcher:
         notified = False
         while not stop.is_set():
             if self.config.reconcile_interval_seconds and time.monotonic() >= next_reconcile:
-                self.reconcile()
+                self._reconcile_safely()
                 next_reconcile = time.monotonic() + self.config.reconcile_interval_seconds
             if notified or time.monotonic() >= next_sweep:
                 stop.wait(last_sweep + MIN_SWEEP_GAP_SECONDS - time.monotonic())

@@ -11,6 +11,13 @@ DUE = Gauge("fleet_nodes_due", "Nodes whose step is due now, per state", ["state
 ENQUEUED = Counter("fleet_jobs_enqueued_total", "Step runs queued by this dispatcher")
 EXPIRED_LEASES = Counter("fleet_leases_expired_total", "Leases taken back from dead workers")
 RECONCILE_FINDINGS = Gauge("fleet_reconcile_findings", "Findings of the last reconcile")
+RECONCILE_KINDS = Gauge(
+    "fleet_reconcile_findings_by_kind", "Findings of the last reconcile, per kind", ["kind"]
+)
+RECONCILE_TERMINATED = Counter(
+    "fleet_reconcile_terminated_total", "Orphaned instances the dispatcher's reconcile terminated"
+)
+RECONCILE_FAILED = Counter("fleet_reconcile_failures_total", "Reconciles that could not finish")
 
 STEP_SECONDS = Histogram(
     "fleet_step_duration_seconds",

@@ -8,7 +8,10 @@
   touched, never matched to our rows although its node id may equal one of ours;
 - legacy: an instance this fleet launched before fleets had ids (our FLEET_TAG, no fleet
   id) that its row still names: `--adopt-legacy` tags it with the fleet id.
-Only orphans and duplicates are ever terminated, and only when asked (--fix)."""
+`fleet reconcile --fix` terminates orphans and duplicates. The dispatcher runs reconcile
+on an interval: it reports every finding, holds rows whose instance is gone, and
+terminates orphans of nodes that are destroyed or have no row (terminate_orphans, which
+asks the rows again first); duplicates, foreign and legacy instances it only reports."""
 
 from collections import defaultdict
 from dataclasses import dataclass
@@ -81,7 +84,12 @@ def hold_missing(engine: Engine, findings: list[Finding]) -> int:
     with engine.begin() as connection:
         for f in findings:
             if f.kind == "missing" and f.node_id is not None:
-                params = {"node_id": f.node_id, "error": f.detail}
+                params = {
+                    "node_id": f.node_id,
+                    "error": f.detail,
+                    "states": list(NEEDS_INSTANCE),
+                    "instance_id": f.instance_id,
+                }
                 held += len(connection.execute(query("hold_node"), params).all())
     return held
 
@@ -89,6 +97,24 @@ def hold_missing(engine: Engine, findings: list[Finding]) -> int:
 def fix(cloud: Cloud, findings: list[Finding]) -> list[str]:
     """Terminate orphans and duplicates; return their ids."""
     doomed = [f for f in findings if f.kind in ("orphan", "duplicate") and f.instance_id]
+    for finding in doomed:
+        assert finding.instance_id is not None
+        cloud.terminate(finding.region, finding.instance_id)
+    return [f.instance_id for f in doomed if f.instance_id]
+
+
+def terminate_orphans(engine: Engine, cloud: Cloud, findings: list[Finding]) -> list[str]:
+    """Terminate the orphans whose node is still destroyed or without a row when asked
+    again now (the cloud was listed after the rows: a node made and launched in between
+    has a row by now); return their ids. An instance without a node id is only reported."""
+    orphans = [f for f in findings if f.kind == "orphan" and f.instance_id and f.node_id]
+    if not orphans:
+        return []
+    node_ids = sorted({f.node_id for f in orphans if f.node_id is not None})
+    with engine.connect() as connection:
+        rows = connection.execute(query("orphan_rows"), {"node_ids": node_ids}).all()
+    states: dict[int | None, str] = {r.id: r.state for r in rows}
+    doomed = [f for f in orphans if states.get(f.node_id, "destroyed") == "destroyed"]
     for finding in doomed:
         assert finding.instance_id is not None
         cloud.terminate(finding.region, finding.instance_id)

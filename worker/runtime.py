@@ -15,7 +15,7 @@ from sqlalchemy import Connection, Engine, Row, func, update
 from sqlalchemy.exc import DBAPIError
 
 from jobs.outcomes import Done, Fail, HoldNode, Outcome, Wait
-from jobs.registry import NodeFacts, NodeSnapshot, StepRegistry, UnknownStep, steps
+from jobs.registry import Launch, NodeFacts, NodeSnapshot, StepRegistry, UnknownStep, steps
 from jobs.toolbox import Toolbox
 from models import secrets
 from models.errors import BadInput
@@ -98,6 +98,33 @@ class RunningStep:
         with self.engine.connect() as connection:
             granted, wait_seconds = connection.execute(query("take_launch_token"), params).one()
         return 0.0 if granted else max(float(wait_seconds), 0.05)
+
+    def intend_launch(self, client_token: str) -> bool:
+        params = {
+            "node_id": self.node.id,
+            "worker": self.worker,
+            "client_token": client_token,
+            "call_seconds": self.config.launch_call_seconds(),
+        }
+        with self.engine.connect() as connection:
+            return connection.execute(query("intend_launch"), params).first() is not None
+
+    def launched(self, client_token: str, instance_id: str) -> None:
+        params = {"client_token": client_token, "instance_id": instance_id}
+        with self.engine.connect() as connection:
+            connection.execute(query("launched"), params)
+
+    def launches(self) -> list[Launch]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(query("node_launches"), {"node_id": self.node.id}).all()
+        return [
+            Launch(r.launch_generation, r.region, r.client_token, r.instance_id, r.in_flight)
+            for r in rows
+        ]
+
+    def current_state(self) -> str | None:
+        with self.engine.connect() as connection:
+            return connection.execute(query("node_state"), {"node_id": self.node.id}).scalar()
 
 
 def key_ring(config: FleetSettings) -> secrets.KeyRing:

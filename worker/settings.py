@@ -57,9 +57,13 @@ class FleetSettings(StepSettings):
     sweep_interval_seconds: float = Field(default=5.0, gt=0)
     dispatch_batch: int = Field(default=1000, ge=1)
     listen: bool = True
-    # The dispatcher compares cloud and rows this often (0: never); it reports and holds
-    # nodes whose instance is gone, but terminates nothing (that is `fleet reconcile --fix`).
-    reconcile_interval_seconds: float = Field(default=0.0, ge=0)
+    # The dispatcher compares cloud and rows this often (0: never): it reports every
+    # finding (log line and metrics), holds nodes whose instance is gone and, with
+    # reconcile_fix_orphans, terminates this fleet's instances of nodes that are destroyed
+    # or have no row. Five minutes: an orphan costs money by the hour, a reconcile costs one
+    # paged DescribeInstances per region (EC2's request budget is the account's).
+    reconcile_interval_seconds: float = Field(default=300.0, ge=0)
+    reconcile_fix_orphans: bool = True
     # Prometheus metrics on this port (0: off). Workers on one machine need one port each:
     # each worker takes the first free port from worker_metrics_port upwards.
     metrics_port: int = Field(default=0, ge=0, le=65535)

@@ -1,6 +1,9 @@
 """destroy: back up if the node answers, terminate its instance(s), wait until they are
-gone. Secrets are kept: the mnemonic is what recovers the funds."""
+gone, and until no launch recorded for the node can still make one (a worker that lost
+the row or died with RunInstances in flight). Secrets are kept: the mnemonic is what
+recovers the funds."""
 
+from jobs.ec2 import Instance
 from jobs.host import HostUnreachable
 from jobs.node_api import NodeApiError, NodeUnreachable
 from jobs.outcomes import Done, HoldNode, Outcome, Wait
@@ -15,6 +18,7 @@ def destroy_node(context: StepContext) -> Outcome:
     # this fleet's instances of this node: an id in the row that EC2 tags otherwise is
     # left alone, and the history says so.
     instances = {i.id: i for i in tools.cloud.find_instances(node.region, node.id)}
+    in_flight = _recorded_launches(context, instances)
     foreign = None
     if node.instance_id and node.instance_id not in instances:
         known = tools.cloud.describe(node.region, node.instance_id)
@@ -30,13 +34,36 @@ def destroy_node(context: StepContext) -> Outcome:
             f"instance {foreign} in the row is not this fleet's instance for node"
             f" {node.name}: not terminated",
         )
-    if not alive:
+    if not alive and not in_flight:
         return Done()
     if terminating:
         _back_up_if_answering(context)
         for instance in alive:
             tools.cloud.terminate(node.region, instance.id)
+    if not alive:
+        return Wait(tools.settings.poll_seconds, f"launch {in_flight[0]} in flight")
     return Wait(tools.settings.poll_seconds, "instance shutting down")
+
+
+def _recorded_launches(context: StepContext, instances: dict[str, Instance]) -> list[str]:
+    """Add what the node's recorded launches made (looked up by their ClientToken) to
+    instances; return the tokens of launches still in flight with nothing to show yet.
+    Destroy is not done while one is: its instance may appear after this look."""
+    node, tools = context.node, context.tools
+    in_flight = []
+    for launch in context.launches():
+        made = [
+            i
+            for i in tools.cloud.find_launch(launch.region, launch.client_token)
+            if i.belongs_to(tools.fleet_id, node.id)
+        ]
+        for instance in made:
+            instances.setdefault(instance.id, instance)
+        if made and launch.instance_id is None:
+            context.launched(launch.client_token, made[0].id)
+        elif not made and launch.in_flight:
+            in_flight.append(launch.client_token)
+    return in_flight
 
 
 def _back_up_if_answering(context: StepContext) -> None:

@@ -1,11 +1,22 @@
 """instance: make sure exactly one EC2 instance runs for the node, and learn its address.
 
 Found by tag before anything is launched, so a launch whose worker died before the row
-was written is found, not repeated. Launches draw on the fleet-wide budget."""
+was written is found, not repeated. Each launch is recorded (its ClientToken, until when
+it may be in flight) before RunInstances goes out, so that destroy can find or wait for
+it; a repeated call with the same token returns the same instance. Launches draw on the
+fleet-wide budget."""
 
-from jobs.ec2 import Instance
+import structlog
+
+from jobs.ec2 import Instance, client_token
 from jobs.outcomes import Done, HoldNode, Outcome, Wait
 from jobs.registry import NodeFacts, StepContext, steps
+
+log = structlog.get_logger()
+# Where a worker that lost the row during its launch terminates what it launched: the
+# node is being (or was) destroyed. Anywhere else (its lease expired, the row is still in
+# `instance`) the next run of the step finds the instance by tag and token and keeps it.
+UNWANTED_IN = ("destroy", "destroyed")
 
 
 @steps.step("instance")
@@ -16,8 +27,13 @@ def ensure_instance(context: StepContext) -> Outcome:
         wait = context.take_launch_token()
         if wait > 0:
             return Wait(wait, "fleet launch budget spent")
+        token = client_token(tools.fleet_id, node.id, node.launch_generation)
+        if not context.intend_launch(token):
+            return Wait(tools.settings.poll_seconds, "the row moved on before the launch")
         instance = tools.cloud.launch(node)
-        context.record(NodeFacts(instance_id=instance.id))
+        context.launched(token, instance.id)
+        if not context.record(NodeFacts(instance_id=instance.id)):
+            return _hand_over(context, instance)
     if instance.state in ("shutting-down", "terminated"):
         raise HoldNode(f"instance {instance.id} of node {node.name} is {instance.state}")
     address = instance.address(tools.settings)
@@ -25,6 +41,22 @@ def ensure_instance(context: StepContext) -> Outcome:
         return Wait(tools.settings.poll_seconds, f"instance {instance.id} is {instance.state}")
     context.record(NodeFacts(address=address))
     return Done()
+
+
+def _hand_over(context: StepContext, instance: Instance) -> Outcome:
+    """The row moved on while RunInstances ran. The launch is recorded with its instance
+    either way (destroy would find it); if the node is to be destroyed, end the instance
+    now rather than leave it to a destroy that may already have finished."""
+    node = context.node
+    state = context.current_state()
+    if state is None or state in UNWANTED_IN:
+        context.tools.cloud.terminate(node.region, instance.id)
+        log.warning("launched after the node left instance: terminated", node_id=node.id,
+                    instance_id=instance.id, node_state=state)  # fmt: skip
+    else:
+        log.info("launched after losing the row: left to the next run", node_id=node.id,
+                 instance_id=instance.id, node_state=state)  # fmt: skip
+    return Wait(context.tools.settings.poll_seconds, "lost the row during the launch")
 
 
 def _known_instance(context: StepContext) -> Instance | None:

@@ -71,6 +71,10 @@ GRANT UPDATE (state, step_run, lease_owner, lease_expires_at, attempts, last_err
 GRANT SELECT, INSERT ON node_secrets TO fleet_worker;
 GRANT INSERT ON node_history TO fleet_worker;
 GRANT SELECT, UPDATE ON launch_budget TO fleet_worker;
+-- Launches: recorded before RunInstances, their instance once EC2 answers (never deleted).
+GRANT SELECT, INSERT, UPDATE (settles_by, instance_id, launched_at) ON node_launches
+    TO fleet_worker;
+GRANT SELECT ON node_launches TO fleet_dispatcher, fleet_operator;
 
 -- The dispatcher: take back expired leases and hold nodes whose instance is gone.
 GRANT UPDATE (lease_owner, lease_expires_at, attempts, last_error, held_at, next_attempt_at)
@@ -84,6 +88,7 @@ GRANT UPDATE (lease_owner, lease_expires_at, attempts, last_error, held_at, next
 ALTER TABLE nodes ENABLE ROW LEVEL SECURITY;
 ALTER TABLE node_history ENABLE ROW LEVEL SECURITY;
 ALTER TABLE node_secrets ENABLE ROW LEVEL SECURITY;
+ALTER TABLE node_launches ENABLE ROW LEVEL SECURITY;
 
 DROP POLICY IF EXISTS nodes_fleet_wide ON nodes;
 CREATE POLICY nodes_fleet_wide ON nodes
@@ -115,3 +120,9 @@ CREATE POLICY secrets_of_this_fleet ON node_secrets
     TO fleet_worker, fleet_operator
     USING ((SELECT fleet_login_role()) IN ('worker', 'operator'))
     WITH CHECK ((SELECT fleet_login_role()) IN ('worker', 'operator'));
+
+DROP POLICY IF EXISTS launches_of_this_fleet ON node_launches;
+CREATE POLICY launches_of_this_fleet ON node_launches
+    TO fleet_worker, fleet_dispatcher, fleet_operator
+    USING ((SELECT fleet_login_role()) IS NOT NULL)
+    WITH CHECK ((SELECT fleet_login_role()) IN ('worker'));

@@ -15,6 +15,7 @@ def upgrade() -> None:
     apply_sql("0006_bad_input.sql")
     apply_sql("0006_apilimits.sql")
     apply_sql("0006_grammar.sql")
+    apply_sql("0006_launches.sql")
 
 
 def downgrade() -> None:
