@@ -64,7 +64,11 @@ def test_last_error_is_bounded(db_url: str) -> None:
         login.execute("UPDATE nodes SET last_error = repeat('x', 1001) WHERE id = %s", (node_id,))
     # The fleet's own writes truncate to fit: reconcile's hold with a long reason.
     with psycopg.connect(db_url, autocommit=True) as owner:
-        owner.execute("UPDATE nodes SET instance_id = 'i-0123456789abcdef0' WHERE id = %s", (node_id,))
+        owner.execute("SET session_replication_role = replica")  # setup: straight to live
+        owner.execute(
+            "UPDATE nodes SET state = 'live', instance_id = 'i-0123456789abcdef0' WHERE id = %s",
+            (node_id,),
+        )
     engine = statement_engine_for(role_url(db_url, "dispatcher"), "test-dispatcher")
     params = {"node_id": node_id, "error": "y" * 5000, "states": list(NEEDS_INSTANCE),
               "instance_id": "i-0123456789abcdef0"}  # fmt: skip
