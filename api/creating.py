@@ -67,6 +67,7 @@ def request_hash(body: NodeCreate) -> str:
 
 def spec_of(settings: ApiSettings, owner: str, body: NodeCreate) -> nodes.NodeSpec:
     return nodes.parse_spec(
+        settings.chain.keys(),
         name=body.name,
         owner=owner,
         region=body.region or settings.default_region,

@@ -35,6 +35,7 @@ def settings_for(db_url: str, issuer: Issuer, **overrides: Any) -> ApiSettings:
         "api_admin_group": "fleet-admins",
         "api_rate_limit_per_minute": 6000.0,
         "api_rate_limit_burst": 1000,
+        "chain": {"regtest": {}},  # the networks served; the API never needs their details
     }
     return ApiSettings(_env_file=None, **(values | overrides))
 

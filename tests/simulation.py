@@ -13,9 +13,9 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from jobs.config import RegionConfig
+from jobs.config import ChainBackend, RegionConfig
 from models.secrets import KeyRing
-from sim.cloud import SimCloud, SimSettings
+from sim.cloud import SimCloud, SimSettings, fleet_chain
 from sim.host import SimHost
 from worker.settings import FleetSettings
 
@@ -23,6 +23,8 @@ REGION = "eu-west-1"
 RELEASE = "0.10.0"
 RELEASE_ARTIFACT = b"rgb-lightning-node 0.10.0 (simulated release artifact)"
 BACKUP_BUCKET = "fleet-backups"
+# The networks the test fleet has chain backends for (the simulator has every network's).
+SIM_NETWORKS = ["regtest", "testnet", "mainnet"]
 
 
 @dataclass
@@ -66,7 +68,10 @@ def simulation(config: FleetSettings, tmp_path: Path) -> Iterator[Simulation]:
     private, public = write_ssh_key(tmp_path)
     # A random 127/8 block per test: parallel runs on one machine never share addresses.
     first = f"127.{random.randint(100, 250)}.{random.randint(0, 250)}.1"
-    cloud = SimCloud(SimSettings(client_public_key=public, first_address=first, boot_seconds=0.5))
+    sim_settings = SimSettings(
+        client_public_key=public, first_address=first, boot_seconds=0.5, disk_dir=tmp_path / "hosts"
+    )
+    cloud = SimCloud(sim_settings)
     cloud.start()
     s3 = cloud.client("s3")
     for bucket in (BACKUP_BUCKET, "releases"):
@@ -83,6 +88,10 @@ def simulation(config: FleetSettings, tmp_path: Path) -> Iterator[Simulation]:
             "ssh_key_path": str(private),
             "node_api_port": cloud.settings.api_port,
             "backup_bucket": BACKUP_BUCKET,
+            "chain": {
+                n: ChainBackend.model_validate(c)
+                for n, c in fleet_chain(cloud.settings.chain, SIM_NETWORKS).items()
+            },
             "secret_keys": f"k1:{secret_key}",
             "secret_key_id": "k1",
             "poll_seconds": 0.3,
@@ -91,6 +100,16 @@ def simulation(config: FleetSettings, tmp_path: Path) -> Iterator[Simulation]:
             "lease_seconds": 3.0,
         }
     )
+    try:
+        yield Simulation(
+            cloud, settings, KeyRing.parse(f"k1:{secret_key}", "k1"), env_for(settings)
+        )
+    finally:
+        cloud.stop()
+
+
+def env_for(settings: FleetSettings) -> dict[str, str]:
+    """The environment of `fleet` processes running with these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
     for field, value in settings.model_dump(mode="json").items():
         if value is not None:
@@ -98,10 +117,7 @@ def simulation(config: FleetSettings, tmp_path: Path) -> Iterator[Simulation]:
     env |= {"AWS_ACCESS_KEY_ID": "sim", "AWS_SECRET_ACCESS_KEY": "sim"}
     env["AWS_DEFAULT_REGION"] = REGION
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
-    try:
-        yield Simulation(cloud, settings, KeyRing.parse(f"k1:{secret_key}", "k1"), env)
-    finally:
-        cloud.stop()
+    return env
 
 
 def release_sha256() -> str:

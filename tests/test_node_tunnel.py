@@ -96,7 +96,7 @@ def node(loop: Loop, tmp_path: Path) -> Iterator[Node]:
         "0.9.0",
         asyncssh.read_public_key(str(public)),
         fetch=lambda url: b"",
-        upload=lambda url, body: None,
+        upload=lambda url, body, sha256: None,
         unlock_seconds=0.05,
     )
     key = new_root_key()

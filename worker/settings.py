@@ -5,6 +5,7 @@ from functools import cache
 from pydantic import Field
 
 from jobs.config import StepSettings
+from models.formats import Network
 
 
 class FleetSettings(StepSettings):
@@ -53,7 +54,7 @@ class FleetSettings(StepSettings):
     # Defaults for `fleet node create`.
     default_region: str = "eu-west-1"
     default_instance_type: str = "t3.small"
-    default_network: str = "regtest"
+    default_network: Network = "regtest"
 
     log_format: str = Field(default="console", pattern="^(console|json)$")
     log_level: str = "INFO"
