@@ -52,7 +52,7 @@ def open_wallet(context: StepContext) -> Outcome:
 
 def _chain_backend(context: StepContext) -> ChainBackend:
     network = context.node.network
-    chain = context.tools.settings.chain.get(network)  # type: ignore[call-overload]
+    chain: ChainBackend | None = context.tools.settings.chain.get(network)  # type: ignore[call-overload]
     if chain is None:
         raise HoldNode(f"chain backend for {network}: none configured (FLEET_CHAIN)")
     return chain
