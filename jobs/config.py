@@ -30,7 +30,8 @@ class ChainBackend(BaseModel):
     indexer. The daemon connects to both from its host before it unlocks, so these are
     addresses as the host sees them; nothing runs on the host itself (no default)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # The RPC password is in what failed to validate: errors never show the input.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     bitcoind_rpc_host: str = Field(pattern=RPC_HOST)
     bitcoind_rpc_port: int = Field(ge=1, le=65535)
@@ -40,8 +41,10 @@ class ChainBackend(BaseModel):
 
 
 class StepSettings(BaseSettings):
+    # A bad value is named, never shown: FLEET_CHAIN carries RPC passwords, URLs carry
+    # database passwords.
     model_config = SettingsConfigDict(
-        env_prefix="FLEET_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="FLEET_", env_file=".env", extra="ignore", frozen=True, hide_input_in_errors=True
     )
 
     database_url: str = "postgresql://postgres@127.0.0.1:5432/fleet"

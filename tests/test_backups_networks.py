@@ -9,11 +9,13 @@ from collections.abc import Callable
 
 import psycopg
 import pytest
+from pydantic import ValidationError
 
 from tests.conftest import fetch, wait_until
 from tests.simulation import BACKUP_BUCKET, Simulation, env_for
 from tests.test_lifecycle import reach, request
 from worker.dispatcher import Dispatcher
+from worker.settings import FleetSettings
 
 StartWorker = Callable[..., subprocess.Popen[bytes]]
 Fleet = Callable[..., subprocess.CompletedProcess[str]]
@@ -180,3 +182,28 @@ def test_a_network_without_a_chain_backend_is_refused_by_the_cli(fleet: Fleet, d
     assert fetch(db_url, "SELECT count(*) FROM nodes") == [(0,)]
     made = fleet("node", "create", "regtest-node", "--network", "regtest")
     assert made.returncode == 0, made.stderr
+
+
+@pytest.mark.parametrize(
+    ("chain", "named"),
+    [
+        ({"bitcoin": {}}, "chain.bitcoin"),
+        ({"regtest": {"bitcoind_rpc_host": "h", "bitcoind_rpc_password": "SEKRIT-RPC"}},
+         "chain.regtest.indexer_url"),
+        ({"regtest": {"bitcoind_rpc_host": "two words", "bitcoind_rpc_port": 18443,
+                      "bitcoind_rpc_username": "u", "bitcoind_rpc_password": "SEKRIT-RPC",
+                      "indexer_url": "tcp://electrs:50001"}}, "chain.regtest.bitcoind_rpc_host"),
+        ({"regtest": {"bitcoind_rpc_host": "b", "bitcoind_rpc_port": 0,
+                      "bitcoind_rpc_username": "u", "bitcoind_rpc_password": "SEKRIT-RPC",
+                      "indexer_url": "tcp://electrs:50001"}}, "chain.regtest.bitcoind_rpc_port"),
+    ],
+)  # fmt: skip
+def test_chain_backends_are_checked_for_shape_at_startup(
+    chain: dict[str, object], named: str
+) -> None:
+    """FLEET_CHAIN is read when a process starts: a malformed entry stops it, named, and
+    the error never shows the RPC password it was given."""
+    with pytest.raises(ValidationError) as refused:
+        FleetSettings(_env_file=None, chain=chain)  # type: ignore[arg-type]
+    assert named in str(refused.value)
+    assert "SEKRIT-RPC" not in str(refused.value)
