@@ -204,6 +204,6 @@ def test_chain_backends_are_checked_for_shape_at_startup(
     """FLEET_CHAIN is read when a process starts: a malformed entry stops it, named, and
     the error never shows the RPC password it was given."""
     with pytest.raises(ValidationError) as refused:
-        FleetSettings(_env_file=None, chain=chain)  # type: ignore[arg-type]
+        FleetSettings(_env_file=None, chain=chain)
     assert named in str(refused.value)
     assert "SEKRIT-RPC" not in str(refused.value)

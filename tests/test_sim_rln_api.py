@@ -539,9 +539,7 @@ CHAIN_ERRORS = [
 
 
 @pytest.mark.parametrize(("change", "name"), CHAIN_ERRORS)
-def test_unlock_checks_the_chain_backend(
-    nodes: Nodes, change: dict[str, Any], name: str
-) -> None:
+def test_unlock_checks_the_chain_backend(nodes: Nodes, change: dict[str, Any], name: str) -> None:
     node = initialised(nodes.new())
     expect_error(node.call("POST", "/unlock", {**UNLOCK, **change}), 403, name)
     assert not node.current.unlocked
