@@ -33,6 +33,9 @@ class HostFaults:
     # An image whose unit ignores /etc/rln/node.env (built before the agent set the
     # network): its daemon runs the image's network whatever set-network wrote.
     image_network_fixed: bool = False
+    # Uploads that lose their second half on the way, unnoticed by the agent (which
+    # still reports the whole file's size and checksum): what S3 verification catches.
+    truncated_uploads: bool = False
     api: ApiFaults = field(default_factory=ApiFaults)
     rng: random.Random = field(default_factory=random.Random)
 
@@ -186,7 +189,8 @@ class SimHost:
             raise AgentError(f"no such backup file: {path}")
         content = file.read_bytes()
         sha256 = hashlib.sha256(content).hexdigest()
-        await asyncio.to_thread(self._upload, s3_uri, content, sha256)
+        sent = content[: len(content) // 2] if self.faults.truncated_uploads else content
+        await asyncio.to_thread(self._upload, s3_uri, sent, sha256)
         return f"{s3_uri} size={len(content)} sha256={sha256}"
 
     async def backup_remove(self, path: str) -> str:

@@ -207,3 +207,21 @@ def test_chain_backends_are_checked_for_shape_at_startup(
         FleetSettings(_env_file=None, chain=chain)
     assert named in str(refused.value)
     assert "SEKRIT-RPC" not in str(refused.value)
+
+
+def test_an_upload_s3_does_not_hold_whole_keeps_the_hosts_copy(
+    simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
+) -> None:
+    node_id = add_node(db_url, "lossy")
+    start_worker(env=simulation.env)
+    reach(db_url, [node_id], "live")
+    host = simulation.host(node_id)
+    simulation.cloud.settings.faults.truncated_uploads = True
+    request(db_url, [node_id], "stop")
+    error, attempts = held_with(db_url, node_id)
+    assert error.startswith("BackupNotVerified: backup s3://fleet-backups/"), error
+    assert "the host keeps its copy" in error and attempts == simulation.settings.max_attempts
+    # Every attempt's file is still on the host, and the history lists no backup.
+    assert len(host.backup_files()) == attempts
+    assert fetch(db_url, "SELECT count(*) FROM node_history WHERE event = 'backup'") == [(0,)]
+    assert host.daemon is not None  # never stopped without a backup
