@@ -69,6 +69,7 @@ def request_hash(body: NodeCreate) -> str:
 
 def spec_of(settings: ApiSettings, owner: str, body: NodeCreate) -> nodes.NodeSpec:
     spec = nodes.parse_spec(
+        settings.chain.keys(),
         name=body.name,
         owner=owner,
         region=body.region or settings.default_region,

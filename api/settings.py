@@ -5,7 +5,7 @@ an Amazon Cognito user pool (api/README.md).
 """
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -81,6 +81,10 @@ class ApiSettings(BaseSettings):
     default_region: str = "eu-west-1"
     default_instance_type: str = "t3.small"
     default_network: Network = "regtest"
+    # FLEET_CHAIN, the workers' chain backends by network: the API reads only which
+    # networks have one (a node of another is refused), so it may be given the keys
+    # alone, e.g. {"regtest": {}}, and never hold the RPC passwords.
+    chain: dict[Network, Any] = {}
 
     @model_validator(mode="after")
     def _defaults_well_formed(self) -> "ApiSettings":

@@ -47,7 +47,7 @@ from benchmarks.harness import (
 )
 from benchmarks.report import Figure, Measurement, Target
 from jobs.config import RegionConfig
-from sim.cloud import SimCloud, SimSettings
+from sim.cloud import SimCloud, SimSettings, fleet_chain
 from worker.settings import FleetSettings
 
 TARGET = Target(1.25, at_most=True, on_ratio=True)
@@ -155,6 +155,7 @@ def sim_fleet_settings(bench: Bench, db_url: str, cloud: SimCloud) -> FleetSetti
         ssh_port=cloud.settings.ssh_port,
         ssh_key_path=str(Path(bench.workdir / "fleet_ssh_key")),
         node_api_port=cloud.settings.api_port,
+        chain=fleet_chain(cloud.settings.chain, ["regtest"]),
         secret_keys="bench:" + base64.b64encode(os.urandom(32)).decode(),
         secret_key_id="bench",
     )

@@ -4,12 +4,19 @@ Read from the environment (prefix FLEET_); worker/settings.py extends it for the
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobs.user_data import compressed_user_data
+from models.formats import Network
 from models.placement import RegionOffer
 from models.session import DatabaseUrl
+
+# A host name or address, as bitcoind's RPC client takes it.
+RPC_HOST = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^\[[0-9A-Fa-f:.]+\]$"
+# An indexer as upstream's check_indexer_url takes it: electrum (tcp:// or ssl://, or a
+# bare host:port) or esplora (http:// or https://).
+INDEXER_URL = r"^((tcp|ssl|https?)://)?[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^\s]*)?$"
 
 
 class RootVolume(BaseModel):
@@ -44,18 +51,25 @@ class RegionConfig(RegionOffer):
 
 
 class ChainBackend(BaseModel):
-    """What `/unlock` is given: a bitcoind for LDK's BlockSync, and an indexer."""
+    """What `/unlock` is given for one network: a bitcoind for LDK's BlockSync, and an
+    indexer. The daemon connects to both from its host before it unlocks, so these are
+    addresses as the host sees them; nothing runs on the host itself (no default)."""
 
-    bitcoind_rpc_host: str = "127.0.0.1"
-    bitcoind_rpc_port: int = 18443
-    bitcoind_rpc_username: str = "user"
-    bitcoind_rpc_password: str = "password"
-    indexer_url: str = "127.0.0.1:50001"
+    # The RPC password is in what failed to validate: errors never show the input.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    bitcoind_rpc_host: str = Field(pattern=RPC_HOST)
+    bitcoind_rpc_port: int = Field(ge=1, le=65535)
+    bitcoind_rpc_username: str = Field(min_length=1)
+    bitcoind_rpc_password: str = Field(min_length=1, repr=False)
+    indexer_url: str = Field(pattern=INDEXER_URL)
 
 
 class StepSettings(BaseSettings):
+    # A bad value is named, never shown: FLEET_CHAIN carries RPC passwords, URLs carry
+    # database passwords.
     model_config = SettingsConfigDict(
-        env_prefix="FLEET_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="FLEET_", env_file=".env", extra="ignore", frozen=True, hide_input_in_errors=True
     )
 
     database_url: DatabaseUrl = "postgresql://postgres@127.0.0.1:5432/fleet"
@@ -94,7 +108,9 @@ class StepSettings(BaseSettings):
     node_api_port: int = 3001
     node_api_timeout_seconds: float = 10.0
     unlock_timeout_seconds: float = 30.0
-    chain: ChainBackend = ChainBackend()
+    # The chain backend of each network the fleet runs nodes on (FLEET_CHAIN, JSON keyed
+    # by network). A node of a network without one is refused at creation.
+    chain: dict[Network, ChainBackend] = {}
 
     # Backups go to this bucket, under <prefix>/<owner>/<node name>/.
     backup_bucket: str = "rln-fleet-backups"

@@ -28,6 +28,22 @@ class NodeUnreachable(Exception):
     """No HTTP answer at all (refused, timed out, no SSH session). Never counted as healthy."""
 
 
+# How /networkinfo names each network the fleet writes on a node row.
+NETWORK_NAMES = {
+    "regtest": "Regtest",
+    "testnet": "Testnet",
+    "testnet4": "Testnet4",
+    "signet": "Signet",
+    "mainnet": "Mainnet",
+}
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    network: str  # as the daemon names it: "Regtest", "Testnet", ...
+    height: int
+
+
 @dataclass(frozen=True)
 class NodeInfo:
     pubkey: str
@@ -110,6 +126,10 @@ class NodeApi:
             num_channels=int(answer.get("num_channels", 0)),
             num_peers=int(answer.get("num_peers", 0)),
         )
+
+    def network_info(self) -> NetworkInfo:
+        answer = self._call("GET", "/networkinfo", None, self._timeout)
+        return NetworkInfo(network=str(answer["network"]), height=int(answer["height"]))
 
     def _post(self, path: str, body: dict[str, Any] | None, timeout: float | None = None) -> Any:
         return self._call("POST", path, {} if body is None else body, timeout or self._timeout)

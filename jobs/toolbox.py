@@ -3,6 +3,7 @@ to every step through its context (StepContext.tools): one configuration in forc
 
 from dataclasses import dataclass
 
+from jobs.backups import BackupStore, S3Backups
 from jobs.config import StepSettings
 from jobs.ec2 import Cloud, Ec2Cloud
 from jobs.host import FabricAgent, HostAgentClient
@@ -15,7 +16,9 @@ class Toolbox:
     fleet_id: str
     cloud: Cloud
     agent: HostAgentClient
+    backups: BackupStore
 
     @classmethod
     def build(cls, settings: StepSettings, fleet_id: str) -> "Toolbox":
-        return cls(settings, fleet_id, Ec2Cloud(settings, fleet_id), FabricAgent(settings))
+        cloud, agent = Ec2Cloud(settings, fleet_id), FabricAgent(settings)
+        return cls(settings, fleet_id, cloud, agent, S3Backups(settings))

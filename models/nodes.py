@@ -1,7 +1,7 @@
 """What apps and operators do with node rows: create, request a state, retry, look up.
 The database enforces the rules; these functions turn its refusals into FleetErrors."""
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -88,14 +88,23 @@ class HistoryEntry(BaseModel):
     error: str | None
 
 
-def parse_spec(**fields: object) -> NodeSpec:
+def parse_spec(served_networks: Collection[str], **fields: object) -> NodeSpec:
+    """A node the fleet can run: well formed, on a network it has a chain backend for
+    (a node of any other network could never unlock)."""
     try:
-        return NodeSpec.model_validate(fields)
+        spec = NodeSpec.model_validate(fields)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         message = str(first["msg"]).removeprefix("Value error, ")
         raise BadInput(message if message.startswith("bad ") else f"{where}: {message}") from None
+    if spec.network not in served_networks:
+        served = ", ".join(sorted(served_networks)) or "none"
+        raise BadInput(
+            f"no chain backend for network {spec.network!r}: this fleet serves {served}"
+            " (FLEET_CHAIN)"
+        )
+    return spec
 
 
 def create_node(session: Session, spec: NodeSpec) -> NodeRow:

@@ -30,6 +30,7 @@ QueryName = Literal[
     "reseal_secret",
     "secret_key_usage",
     "note_event",
+    "node_backups",
     "hold_node",
     "fleet_counts",
     "act_as",

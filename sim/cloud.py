@@ -20,10 +20,50 @@ import boto3
 from sim.aws import LaunchLog, MotoServer
 from sim.host import HostFaults, HostPorts, SimHost
 from sim.iam_aws import EnforcingMotoServer
-from sim.rln_daemon import ApiTraffic
+from sim.rln_daemon import NETWORKS, ApiTraffic, ChainWorld, SimBitcoind
 
 T = TypeVar("T")
 FLEET_TAG = "rln-fleet"
+# bitcoind's default RPC port per network.
+RPC_PORTS = {
+    "mainnet": 8332,
+    "testnet": 18332,
+    "testnet4": 48332,
+    "signet": 38332,
+    "regtest": 18443,
+}
+
+
+def sim_chains() -> ChainWorld:
+    """A bitcoind and an electrs for every network, at names of their own: what the
+    fleet's FLEET_CHAIN points at. Each bitcoind has its own RPC password."""
+    return ChainWorld(
+        {
+            (f"bitcoind.{network}.chain.sim", RPC_PORTS[network]): SimBitcoind(
+                network, "fleet", f"rpc-password-{network}"
+            )
+            for network in NETWORKS
+        },
+        {f"tcp://electrs.{network}.chain.sim:50001": network for network in NETWORKS},
+    )
+
+
+def fleet_chain(world: ChainWorld, networks: list[str]) -> dict[str, dict[str, object]]:
+    """FLEET_CHAIN for these networks, pointing at this world's backends (as JSON)."""
+    chain: dict[str, dict[str, object]] = {}
+    for network in networks:
+        (host, port), bitcoind = next(
+            (at, b) for at, b in world.bitcoinds.items() if b.network == network
+        )
+        indexer = next(url for url, served in world.indexers.items() if served == network)
+        chain[network] = {
+            "bitcoind_rpc_host": host,
+            "bitcoind_rpc_port": port,
+            "bitcoind_rpc_username": bitcoind.username,
+            "bitcoind_rpc_password": bitcoind.password,
+            "indexer_url": indexer,
+        }
+    return chain
 
 
 @dataclass
@@ -37,7 +77,9 @@ class SimSettings:
     first_address: str = "127.77.0.1"
     boot_seconds: float = 1.0
     unlock_seconds: float = 0.2
-    network: str = "regtest"
+    network: str = "regtest"  # the image's network (/etc/rln/node.env until the agent sets it)
+    chain: ChainWorld = field(default_factory=sim_chains)
+    disk_dir: Path | None = None  # each host's disk is a directory here (default: scratch)
     image_version: str = "0.9.0"
     poll_seconds: float = 0.2
     throttle_rate: float = 0.0
@@ -150,6 +192,8 @@ class SimCloud:
             upload=self._upload,
             unlock_seconds=self.settings.unlock_seconds,
             faults=self.settings.faults,
+            chain=self.settings.chain,
+            disk_root=self._disk_root(instance_id),
         )
         await host.boot()
         self.hosts[instance_id] = self.hosts_ever[instance_id] = host
@@ -159,6 +203,13 @@ class SimCloud:
             Tags=[{"Key": self.settings.address_tag, "Value": address}],
         )
 
+    def _disk_root(self, instance_id: str) -> Path | None:
+        if self.settings.disk_dir is None:
+            return None
+        root = self.settings.disk_dir / instance_id
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+
     async def _power_off_all(self) -> None:
         for host in self.hosts.values():
             await host.power_off()
@@ -167,9 +218,9 @@ class SimCloud:
         bucket, key = _s3_parts(url)
         return bytes(self._s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
-    def _upload(self, url: str, content: bytes) -> None:
+    def _upload(self, url: str, content: bytes, sha256: str) -> None:
         bucket, key = _s3_parts(url)
-        self._s3.put_object(Bucket=bucket, Key=key, Body=content)
+        self._s3.put_object(Bucket=bucket, Key=key, Body=content, Metadata={"sha256": sha256})
 
 
 def _s3_parts(url: str) -> tuple[str, str]:

@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from sim.cloud import SimCloud, SimSettings
+from sim.cloud import SimCloud, SimSettings, fleet_chain
 from sim.demo_api import DemoApi, running_api
 from sim.host import HostFaults
 from sim.services import Services, admin_execute, database_url, local_services
@@ -157,6 +157,7 @@ def fleet_environment(cloud: SimCloud, db_url: str, redis_url: str, work: Path) 
         "SSH_KEY_PATH": str(work / "fleet_ssh_key"),
         "NODE_API_PORT": cloud.settings.api_port,
         "BACKUP_BUCKET": BACKUPS,
+        "CHAIN": fleet_chain(cloud.settings.chain, ["regtest"]),
         "SECRET_KEYS": "demo:" + base64.b64encode(os.urandom(32)).decode(),
         "SECRET_KEY_ID": "demo",
         "POLL_SECONDS": 0.5,

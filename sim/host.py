@@ -10,18 +10,21 @@ import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import asyncssh
 
 from sim.agent import AgentError
-from sim.rln_daemon import ApiFaults, ApiTraffic, NodeDisk, RlnDaemon
+from sim.rln_daemon import NETWORKS, ApiFaults, ApiTraffic, ChainWorld, NodeDisk, RlnDaemon
 from sim.ssh_server import SimSSHHost, start_ssh_server
 
 HEX_KEY = re.compile(r"^[0-9a-f]{64}$")
 # Fetches a release artifact (s3://... from the simulated S3) and returns its bytes.
 Fetch = Callable[[str], bytes]
-# Uploads a backup file to the simulated S3.
-Upload = Callable[[str, bytes], None]
+# Uploads a backup file to the simulated S3: URI, content, its SHA-256 (object metadata).
+Upload = Callable[[str, bytes, str], None]
+# Where /backup files go: beside the storage dir, never inside it (deploy/host/README.md).
+BACKUP_DIR = "/var/lib/rln-backups"
 
 
 @dataclass
@@ -29,6 +32,12 @@ class HostFaults:
     agent_failure_rate: float = 0.0
     # A release download that stalls this long (a dead mirror, a black-holed route).
     download_stall_seconds: float = 0.0
+    # An image whose unit ignores /etc/rln/node.env (built before the agent set the
+    # network): its daemon runs the image's network whatever set-network wrote.
+    image_network_fixed: bool = False
+    # Uploads that lose their second half on the way, unnoticed by the agent (which
+    # still reports the whole file's size and checksum): what S3 verification catches.
+    truncated_uploads: bool = False
     api: ApiFaults = field(default_factory=ApiFaults)
     rng: random.Random = field(default_factory=random.Random)
 
@@ -51,12 +60,16 @@ class SimHost:
         upload: Upload,
         unlock_seconds: float = 0.2,
         faults: HostFaults | None = None,
+        chain: ChainWorld | None = None,
+        disk_root: Path | None = None,
     ) -> None:
         self.address = address
         self.ports = ports
-        self.network = network
+        self.image_network = network  # what the image wrote to /etc/rln/node.env
+        self.network = network  # /etc/rln/node.env now
         self.version = version
-        self.disk = NodeDisk()
+        self.disk = NodeDisk(root=disk_root)
+        self.chain = chain or ChainWorld.local()
         self.traffic = ApiTraffic()  # every daemon run's calls, tunnelled or direct
         self.root_key: str | None = None
         self.daemon: RlnDaemon | None = None
@@ -117,13 +130,15 @@ class SimHost:
             return "already running"
         if self.root_key is None:
             raise AgentError("no root public key set: run set-root-key first")
+        network = self.image_network if self.faults.image_network_fixed else self.network
         daemon = RlnDaemon(
             self.disk,
-            self.network,
+            network,
             self.root_key,
             unlock_seconds=self._unlock_seconds,
             faults=self.faults.api,
             traffic=self.traffic,
+            chain=self.chain,
         )
         await daemon.start(self.address, self.ports.api)
         self.daemon = daemon
@@ -135,6 +150,19 @@ class SimHost:
             return "already stopped"
         await self._stop_daemon()
         return "stopped"
+
+    async def set_network(self, network: str) -> str:
+        self._maybe_fail("set-network")
+        if network not in NETWORKS:
+            raise AgentError(f"invalid network: {network} (one of {' | '.join(NETWORKS)})")
+        if network == self.network:
+            return "unchanged"
+        if self.daemon is not None:
+            raise AgentError(
+                f"node is running on {self.network}: stop it before changing its network"
+            )
+        self.network = network
+        return "set"
 
     async def status(self) -> str:
         state = "running" if self.daemon is not None else "stopped"
@@ -159,11 +187,36 @@ class SimHost:
 
     async def backup_upload(self, path: str, s3_uri: str) -> str:
         self._maybe_fail("backup-upload")
-        content = self.disk.files.get(path)
-        if content is None:
+        file = self._backup_file(path)
+        if not file.is_file():
             raise AgentError(f"no such backup file: {path}")
-        await asyncio.to_thread(self._upload, s3_uri, content)
-        return s3_uri
+        content = file.read_bytes()
+        sha256 = hashlib.sha256(content).hexdigest()
+        sent = content[: len(content) // 2] if self.faults.truncated_uploads else content
+        await asyncio.to_thread(self._upload, s3_uri, sent, sha256)
+        return f"{s3_uri} size={len(content)} sha256={sha256}"
+
+    async def backup_remove(self, path: str) -> str:
+        self._maybe_fail("backup-remove")
+        file = self._backup_file(path)
+        if not file.exists():
+            return "already removed"
+        file.unlink()
+        return "removed"
+
+    def backup_files(self) -> list[Path]:
+        """What lies in the host's backup directory."""
+        folder = self.disk.path(BACKUP_DIR)
+        return sorted(folder.iterdir()) if folder.is_dir() else []
+
+    def _backup_file(self, path: str) -> Path:
+        try:
+            file = self.disk.path(path)
+        except ValueError:
+            file = None
+        if file is None or file.parent != self.disk.path(BACKUP_DIR):
+            raise AgentError(f"refusing {path}: not a file in {BACKUP_DIR}")
+        return file
 
     def _maybe_fail(self, command: str) -> None:
         self.commands.append(command)

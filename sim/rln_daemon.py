@@ -2,21 +2,31 @@
 served over real HTTP, with its Biscuit authentication, its state rules and its error
 bodies. No Lightning, no chain: balances, channels and peers are always empty.
 
-What survives a restart is the NodeDisk (the storage dir and the rest of the host's
-disk); an RlnDaemon is one run of the process, so a restart is a new RlnDaemon on the
-same NodeDisk, and it always comes up locked. Cheap by design (one aiohttp app and a
-few attributes each): hundreds run in one asyncio loop."""
+What survives a restart is the NodeDisk: a real directory standing for the host's file
+system, with the storage dir at /var/lib/rln as the unit runs it. /backup zips that
+storage dir as upstream does (src/backup.rs), through a temporary zip written next to
+the backup file, so a backup path inside the storage dir shows: every backup holds every
+earlier one. An RlnDaemon is one run of the process, so a restart is a new RlnDaemon on
+the same NodeDisk, and it always comes up locked. /unlock checks the chain backend first
+(ChainWorld: the bitcoinds and indexers the host can reach). Cheap by design (one aiohttp
+app and a few attributes each): hundreds run in one asyncio loop."""
 
 import asyncio
 import functools
 import hashlib
+import io
 import json
 import os
 import random
+import shutil
+import tempfile
+import weakref
+import zipfile
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from aiohttp import web
@@ -56,7 +66,19 @@ READ_ONLY_ROUTES = frozenset(
 SECRET_FIELDS = frozenset(
     {"password", "mnemonic", "old_password", "new_password", "bitcoind_rpc_password"}
 )
-BACKUP_MAGIC = b"rln-sim-backup/1\n"
+BACKUP_MAGIC = b"rln-sim-backup/1\n"  # the sealed mnemonic file, and a backup's payload
+BACKUP_VERSION = "1"
+# The unit's storage dir (deploy/host/rgb-lightning-node.service), on the host's disk.
+STORAGE_DIR = "/var/lib/rln"
+LDK_STATE_BYTES = 4096  # what an initialised wallet's .ldk/ holds here, so backups weigh
+# getblockchaininfo's `chain` for each network (upstream src/ldk.rs).
+BITCOIND_CHAINS = {
+    "mainnet": "main",
+    "testnet": "test",
+    "testnet4": "testnet4",
+    "regtest": "regtest",
+    "signet": "signet",
+}
 SALT_BYTES = 16
 NONCE_BYTES = 12
 # In-flight requests get this long when the daemon stops; a stop is a process exit.
@@ -75,15 +97,119 @@ Json = dict[str, Any]
 # --- what survives a restart, and what tests can turn up --------------------------------
 @dataclass
 class NodeDisk:
-    """The node's storage dir plus the rest of its own disk. The wallet is initialised
-    iff `mnemonic` is set; `password` is what encrypts it (kept in clear: a simulation)."""
+    """The host's disk: `root` is a real directory standing for its `/`, the storage dir
+    is root/var/lib/rln. The wallet is initialised iff `mnemonic` is set; the storage
+    dir's `mnemonic` file holds it sealed under `password` (kept in clear here too: a
+    simulation). Without a root, a scratch directory is made and removed with the disk."""
 
     mnemonic: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
-    files: dict[str, bytes] = field(default_factory=dict)  # path -> content (backups)
     revoked_tokens: set[str] = field(default_factory=set)  # revocation ids, hex
     init_calls: int = 0  # /init calls that got past authentication and injected faults
     unlock_calls: int = 0  # same for /unlock
+    root: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.root is None:
+            self.root = Path(tempfile.mkdtemp(prefix="rln-sim-disk-"))
+            weakref.finalize(self, shutil.rmtree, str(self.root), True)
+
+    def path(self, host_path: str) -> Path:
+        """Where an absolute path of the host lies in `root`; never outside it."""
+        assert self.root is not None
+        parts = PurePosixPath(host_path).parts
+        if not parts or parts[0] != "/" or ".." in parts:
+            raise ValueError(f"not an absolute path of the host: {host_path!r}")
+        return self.root.joinpath(*parts[1:])
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.path(STORAGE_DIR)
+
+    def read(self, host_path: str) -> bytes | None:
+        found = self.path(host_path)
+        return found.read_bytes() if found.is_file() else None
+
+    def write(self, host_path: str, content: bytes) -> None:
+        target = self.path(host_path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+
+    def keep_wallet(self, mnemonic: str, password: str) -> None:
+        """Write the wallet's files: the sealed mnemonic, and LDK state the first time."""
+        self.mnemonic, self.password = mnemonic, password
+        self.write(f"{STORAGE_DIR}/mnemonic", seal_backup(mnemonic, password))
+        ldk = self.storage_dir / ".ldk" / "channel_manager"
+        if not ldk.exists():
+            self.write(f"{STORAGE_DIR}/.ldk/channel_manager", os.urandom(LDK_STATE_BYTES))
+
+
+@dataclass(frozen=True)
+class SimBitcoind:
+    network: str  # the node network whose chain it runs
+    username: str = "fleet"
+    password: str = field(default="sim-rpc-password", repr=False)
+
+
+@dataclass
+class ChainWorld:
+    """The chain backends a host can reach: bitcoind RPC endpoints by (host, port) and
+    indexers by URL, each with the network it serves. Tests take some away or break them."""
+
+    bitcoinds: dict[tuple[str, int], SimBitcoind] = field(default_factory=dict)
+    indexers: dict[str, str] = field(default_factory=dict)  # URL -> network
+
+    @classmethod
+    def local(cls) -> "ChainWorld":
+        """A regtest bitcoind and electrs on the host itself, upstream's example setup."""
+        return cls(
+            {("127.0.0.1", 18443): SimBitcoind("regtest", "user", "password")},
+            {"127.0.0.1:50001": "regtest", "tcp://127.0.0.1:50001": "regtest"},
+        )
+
+    def check(self, request: "UnlockRequest", network: str) -> None:
+        """Upstream's order: the indexer, then bitcoind's connection, then its chain."""
+        self._check_indexer(request.indexer_url, network)
+        sync = request.ldk_chain_sync
+        if isinstance(sync, TransactionSync):
+            self._check_indexer(sync.indexer_url, network)
+            return
+        bitcoind = self.bitcoinds.get((sync.bitcoind_rpc_host, sync.bitcoind_rpc_port))
+        if bitcoind is None:
+            raise RlnError(
+                403,
+                "FailedBitcoindConnection",
+                "Failed to connect to bitcoind client: Connection refused (os error 111)",
+            )
+        if (sync.bitcoind_rpc_username, sync.bitcoind_rpc_password) != (
+            bitcoind.username,
+            bitcoind.password,
+        ):
+            raise RlnError(
+                403,
+                "FailedBitcoindConnection",
+                "Failed to connect to bitcoind client: JSON-RPC error: 401 Unauthorized",
+            )
+        if bitcoind.network != network:
+            chain = BITCOIND_CHAINS[bitcoind.network]
+            raise RlnError(
+                403,
+                "NetworkMismatch",
+                f"The network of the given bitcoind ({chain}) doesn't match the node's"
+                f" chain ({NETWORKS[network]})",
+            )
+
+    def _check_indexer(self, url: str, network: str) -> None:
+        served = self.indexers.get(url)
+        if served is None:
+            raise RlnError(403, "InvalidIndexer", f"Invalid indexer: cannot connect to {url}")
+        if served != network:
+            raise RlnError(
+                403,
+                "InvalidIndexer",
+                f"Invalid indexer: {url} is for {NETWORKS[served]}, the node runs"
+                f" {NETWORKS[network]}",
+            )
 
 
 @dataclass
@@ -122,6 +248,10 @@ class ApiTraffic:
 class ApiFaults:
     failure_rate: float = 0.0  # share of authenticated calls answered 500 Unexpected
     latency_seconds: float = 0.0  # added to every answer
+    # A chain backend error every /unlock answers after its password check
+    # ("InvalidIndexer", "FailedBitcoindConnection" or "NetworkMismatch"), as if the
+    # host could not reach its backends.
+    chain_error: str | None = None
     rng: random.Random = field(default_factory=random.Random)
 
 
@@ -145,7 +275,7 @@ class TransactionSync:
 class UnlockRequest:
     password: str = field(repr=False)
     ldk_chain_sync: BlockSync | TransactionSync
-    indexer_url: str | None
+    indexer_url: str
     announce_addresses: list[str]
     announce_alias: str | None
 
@@ -232,6 +362,7 @@ class RlnDaemon:
         faults: ApiFaults | None = None,
         lock_seconds: float = 0.0,
         traffic: ApiTraffic | None = None,
+        chain: ChainWorld | None = None,
     ) -> None:
         if network not in NETWORKS:
             raise ValueError(f"unknown network {network!r}: the daemon exits at start")
@@ -244,6 +375,7 @@ class RlnDaemon:
         self._lock_seconds = lock_seconds
         self._faults = faults or ApiFaults()
         self.traffic = traffic or ApiTraffic()
+        self.chain = chain or ChainWorld.local()
         self._unlocked = False  # every start comes up locked: this is never persisted
         self._changing = False
         self._addresses = 0
@@ -390,7 +522,7 @@ class RlnDaemon:
         if self.disk.mnemonic is not None:
             raise fail("AlreadyInitialized")
         mnemonic = body.mnemonic or _BIP39.generate(strength=GENERATED_MNEMONIC_STRENGTH)
-        self.disk.mnemonic, self.disk.password = mnemonic, body.password
+        self.disk.keep_wallet(mnemonic, body.password)
         return ok({"mnemonic": mnemonic})
 
     async def _unlock(self, request: web.Request) -> web.Response:
@@ -401,6 +533,9 @@ class RlnDaemon:
         if self._unlocked:
             raise fail("AlreadyUnlocked")
         self._check_password(body.password)
+        if self._faults.chain_error is not None:
+            raise _chain_fault(self._faults.chain_error)
+        self.chain.check(body, self.network)
         await self._change_state(self._unlock_seconds, unlocked=True)
         self.last_unlock = body
         return ok({})
@@ -413,10 +548,8 @@ class RlnDaemon:
     async def _backup(self, request: web.Request) -> web.Response:
         body = parse_backup(await json_body(request))
         self._require_locked()
-        mnemonic = self._check_password(body.password)
-        if body.backup_path in self.disk.files:
-            raise fail("InvalidBackupPath")
-        self.disk.files[body.backup_path] = seal_backup(mnemonic, body.password)
+        self._check_password(body.password)
+        await asyncio.to_thread(write_backup, self.disk, body.backup_path, body.password)
         return ok({})
 
     async def _restore(self, request: web.Request) -> web.Response:
@@ -424,13 +557,20 @@ class RlnDaemon:
         self._require_locked()
         if self.disk.mnemonic is not None:
             raise fail("AlreadyInitialized")
-        content = self.disk.files.get(body.backup_path)
+        try:
+            content = self.disk.read(body.backup_path)
+        except ValueError:
+            content = None
         if content is None:
             raise RlnError(500, "IO", "IO error: No such file or directory (os error 2)")
         # The restored storage dir is the backed-up one: its mnemonic is encrypted with
         # the password the backup was taken with.
-        self.disk.mnemonic = open_backup(content, body.password)
-        self.disk.password = body.password
+        storage = open_backup_file(content, body.password)
+        unzip_into(storage, self.disk.storage_dir)
+        sealed = self.disk.read(f"{STORAGE_DIR}/mnemonic")
+        if sealed is None:
+            raise RlnError(500, "Unexpected", "Unexpected error: no mnemonic in the backup")
+        self.disk.keep_wallet(open_backup(sealed, body.password), body.password)
         return ok({})
 
     async def _change_password(self, request: web.Request) -> web.Response:
@@ -438,8 +578,8 @@ class RlnDaemon:
         self._require_locked()
         self._require_wallet()
         check_strength(body.new_password)
-        self._check_password(body.old_password)
-        self.disk.password = body.new_password
+        mnemonic = self._check_password(body.old_password)
+        self.disk.keep_wallet(mnemonic, body.new_password)
         return ok({})
 
     async def _shutdown(self, _: web.Request) -> web.Response:
@@ -472,6 +612,15 @@ class RlnDaemon:
                 "eventual_close_fees_sat": 0,
                 "pending_outbound_payments_sat": 0,
                 "num_peers": 0,
+                "account_xpub_vanilla": fake_xpub(self.network, self.node_pubkey, "vanilla"),
+                "account_xpub_colored": fake_xpub(self.network, self.node_pubkey, "colored"),
+                "max_media_upload_size_mb": 5,
+                "rgb_htlc_min_msat": 3000000,
+                "rgb_channel_capacity_min_sat": 30010,
+                "channel_capacity_min_sat": 5506,
+                "channel_capacity_max_sat": 16777215,
+                "channel_asset_min_amount": 1,
+                "channel_asset_max_amount": 18446744073709551615,
                 "network_nodes": 0,
                 "network_channels": 0,
             }
@@ -605,8 +754,10 @@ async def json_body(request: web.Request) -> Json:
 
 def parse_init(body: Json) -> InitRequest:
     mnemonic = _optional_str_field(body, "mnemonic")
-    if mnemonic is not None and not _BIP39.check(mnemonic):
-        raise invalid_request("Invalid mnemonic: not a BIP39 English mnemonic")
+    if mnemonic is not None:
+        mnemonic = " ".join(mnemonic.split())  # upstream answers it re-normalised
+        if not _BIP39.check(mnemonic):
+            raise RlnError(400, "InvalidMnemonic", "Invalid mnemonic: invalid checksum")
     return InitRequest(password=_str_field(body, "password"), mnemonic=mnemonic)
 
 
@@ -614,7 +765,7 @@ def parse_unlock(body: Json) -> UnlockRequest:
     return UnlockRequest(
         password=_str_field(body, "password"),
         ldk_chain_sync=parse_chain_sync(_object_field(body, "ldk_chain_sync")),
-        indexer_url=_optional_str_field(body, "indexer_url"),
+        indexer_url=_str_field(body, "indexer_url"),  # required and non-null upstream
         announce_addresses=_str_list_field(body, "announce_addresses"),
         announce_alias=_optional_str_field(body, "announce_alias"),
     )
@@ -732,9 +883,98 @@ def fake_address(network: str, seed: bytes) -> str:
     return prefix + "".join(BECH32_CHARSET[byte % 32] for byte in digest[:ADDRESS_CHARS])
 
 
+def fake_xpub(network: str, node_pubkey: str | None, kind: str) -> str:
+    prefix = "xpub" if network == "mainnet" else "tpub"
+    digest = hashlib.sha512(f"{node_pubkey}/{kind}".encode()).digest()
+    return prefix + "".join(BECH32_CHARSET[byte % 32] for byte in digest[:60])
+
+
+def _chain_fault(name: str) -> RlnError:
+    messages = {
+        "InvalidIndexer": "Invalid indexer: simulated failure",
+        "FailedBitcoindConnection": "Failed to connect to bitcoind client: simulated failure",
+        "NetworkMismatch": "The network of the given bitcoind (simulated) doesn't match the"
+        " node's chain",
+    }
+    return RlnError(403, name, messages[name])
+
+
+# --- backups as upstream takes them (src/backup.rs) -------------------------------------------
+def write_backup(disk: NodeDisk, backup_path: str, password: str) -> None:
+    """Zip the whole storage dir through a temporary directory next to the backup file,
+    encrypt that zip, and zip it with its salt, nonce and version into the backup file."""
+    try:
+        target = disk.path(backup_path)
+    except ValueError:
+        raise fail("InvalidBackupPath") from None
+    if target.exists():
+        raise fail("InvalidBackupPath")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=target.parent))
+    try:
+        zip_dir(disk.storage_dir, work / "backup.zip")
+        salt, nonce = os.urandom(SALT_BYTES), os.urandom(NONCE_BYTES)
+        plain = (work / "backup.zip").read_bytes()
+        (work / "backup.enc").write_bytes(
+            AESGCM(_backup_key(salt, password)).encrypt(nonce, plain, None)
+        )
+        (work / "backup.zip").unlink()
+        (work / "backup.salt").write_bytes(salt)
+        (work / "backup.nonce").write_bytes(nonce)
+        (work / "backup.version").write_text(BACKUP_VERSION)
+        zip_dir(work, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def zip_dir(source: Path, target: Path) -> None:
+    """Every file under source but logs, as upstream's zip_dir. Each file is read whole
+    when met: a file still growing (the backup's own temporary zip, when the backup lies
+    inside the storage dir) goes in as it is at that moment."""
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for folder, folders, files in os.walk(source):
+            folders[:] = sorted(name for name in folders if name != "logs")
+            for name in sorted(files):
+                path = Path(folder, name)
+                if name == "log" or not path.is_file():
+                    continue
+                archive.writestr(str(path.relative_to(source)), path.read_bytes())
+
+
+def open_backup_file(content: bytes, password: str) -> bytes:
+    """The storage dir's zip inside a backup file."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            version = archive.read("backup.version").decode()
+            salt, nonce = archive.read("backup.salt"), archive.read("backup.nonce")
+            sealed = archive.read("backup.enc")
+    except (zipfile.BadZipFile, KeyError):
+        raise RlnError(500, "Unexpected", "Unexpected error: cannot unzip the backup") from None
+    if version != BACKUP_VERSION:
+        raise RlnError(
+            400,
+            "UnsupportedBackupVersion",
+            f"The provided backup has an unsupported version: {version}",
+        )
+    try:
+        return AESGCM(_backup_key(salt, password)).decrypt(nonce, sealed, None)
+    except (InvalidTag, ValueError):
+        raise fail("WrongPassword") from None
+
+
+def unzip_into(content: bytes, target: Path) -> None:
+    with zipfile.ZipFile(io.BytesIO(content)) as archive:
+        for member in archive.namelist():
+            if member.startswith("/") or ".." in PurePosixPath(member).parts:
+                continue
+            destination = target / member
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_bytes(archive.read(member))
+
+
 def seal_backup(mnemonic: str, password: str) -> bytes:
-    """Backup file content: the mnemonic encrypted under the password, so /restore can
-    tell a wrong password (the tag does not verify) and recover the mnemonic."""
+    """The storage dir's mnemonic file: the mnemonic encrypted under the password, so
+    /unlock and /restore can tell a wrong password (the tag does not verify)."""
     salt, nonce = os.urandom(SALT_BYTES), os.urandom(NONCE_BYTES)
     sealed = AESGCM(_backup_key(salt, password)).encrypt(nonce, mnemonic.encode(), None)
     return BACKUP_MAGIC + salt + nonce + sealed

@@ -30,8 +30,8 @@ PROGRAM = "rln-hostctl"
 # What a client names to reach the host's own loopback through a direct-tcpip channel.
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost"})
 USAGE = (
-    "usage: rln-hostctl set-root-key HEX | start | stop | status"
-    " | install VERSION URL SHA256 | backup-upload PATH S3URI"
+    "usage: rln-hostctl set-root-key HEX | set-network NETWORK | start | stop | status"
+    " | install VERSION URL SHA256 | backup-upload PATH S3URI | backup-remove PATH"
 )
 
 
@@ -47,6 +47,7 @@ class _Command(NamedTuple):
 
 COMMANDS: dict[str, _Command] = {
     "set-root-key": _Command(("HEX",), lambda agent, args: agent.set_root_key(args[0])),
+    "set-network": _Command(("NETWORK",), lambda agent, args: agent.set_network(args[0])),
     "start": _Command((), lambda agent, _: agent.start()),
     "stop": _Command((), lambda agent, _: agent.stop()),
     "status": _Command((), lambda agent, _: agent.status()),
@@ -56,6 +57,7 @@ COMMANDS: dict[str, _Command] = {
     "backup-upload": _Command(
         ("PATH", "S3URI"), lambda agent, args: agent.backup_upload(args[0], args[1])
     ),
+    "backup-remove": _Command(("PATH",), lambda agent, args: agent.backup_remove(args[0])),
 }
 
 

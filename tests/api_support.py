@@ -41,6 +41,7 @@ def settings_for(db_url: str, issuer: Issuer, **overrides: Any) -> ApiSettings:
         "api_rate_limit_burst": 1000,
         # Two regions offering the default types (models/placement.py).
         "regions": {"eu-west-1": {}, "us-east-2": {}},
+        "chain": {"regtest": {}},  # the networks served; the API never needs their details
     }
     return ApiSettings(_env_file=None, **(values | overrides))
 

@@ -20,6 +20,7 @@ from sqlalchemy.pool import NullPool
 import migrations
 from models.logins import FLEET_ROLES, FleetRole, create_login
 from models.session import sqlalchemy_url
+from sim.cloud import fleet_chain, sim_chains
 from sim.services import NoServices, Services, admin_execute, database_url, local_services
 from worker.dispatcher import Dispatcher
 from worker.settings import FleetSettings
@@ -140,6 +141,7 @@ def config(db_url: str, redis_url: str, logins: dict[FleetRole, str]) -> FleetSe
         sweep_interval_seconds=0.5,
         step_modules="tests.steps",
         log_level="WARNING",
+        chain=fleet_chain(sim_chains(), ["regtest"]),
     )
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from jobs.config import RegionConfig
+from jobs.config import ChainBackend, RegionConfig
 from models.secrets import KeyRing
-from sim.cloud import SimCloud, SimSettings
+from sim.cloud import SimCloud, SimSettings, fleet_chain
 from sim.host import SimHost
 from sim.iam_aws import EnforcingMotoServer
 from worker.settings import FleetSettings
@@ -25,6 +25,8 @@ REGION = "eu-west-1"
 RELEASE = "0.10.0"
 RELEASE_ARTIFACT = b"rgb-lightning-node 0.10.0 (simulated release artifact)"
 BACKUP_BUCKET = "fleet-backups"
+# The networks the test fleet has chain backends for (the simulator has every network's).
+SIM_NETWORKS = ["regtest", "testnet", "mainnet"]
 
 
 @dataclass
@@ -82,7 +84,7 @@ def simulated(
     first = f"127.{random.randint(100, 250)}.{random.randint(0, 250)}.1"
     sim_settings = SimSettings(
         client_public_key=public, first_address=first, boot_seconds=0.5,
-        host_credentials=host_credentials,
+        host_credentials=host_credentials, disk_dir=tmp_path / "hosts",
     )  # fmt: skip
     cloud = SimCloud(sim_settings, aws)
     cloud.start()
@@ -101,6 +103,10 @@ def simulated(
             "ssh_key_path": str(private),
             "node_api_port": cloud.settings.api_port,
             "backup_bucket": BACKUP_BUCKET,
+            "chain": {
+                n: ChainBackend.model_validate(c)
+                for n, c in fleet_chain(cloud.settings.chain, SIM_NETWORKS).items()
+            },
             "secret_keys": f"k1:{secret_key}",
             "secret_key_id": "k1",
             "poll_seconds": 0.3,
@@ -109,18 +115,28 @@ def simulated(
             "lease_seconds": 3.0,
         }
     )
+    try:
+        yield Simulation(
+            cloud,
+            settings,
+            KeyRing.parse(f"k1:{secret_key}", "k1"),
+            env_for(settings, cloud.moto.credentials),
+        )
+    finally:
+        cloud.stop()
+
+
+def env_for(settings: FleetSettings, aws_credentials: tuple[str, str]) -> dict[str, str]:
+    """The environment of `fleet` processes running with these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
     for field, value in settings.model_dump(mode="json").items():
         if value is not None:
             env[f"FLEET_{field.upper()}"] = value if isinstance(value, str) else json.dumps(value)
-    key_id, secret = cloud.moto.credentials
+    key_id, secret = aws_credentials
     env |= {"AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret}
     env["AWS_DEFAULT_REGION"] = REGION
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
-    try:
-        yield Simulation(cloud, settings, KeyRing.parse(f"k1:{secret_key}", "k1"), env)
-    finally:
-        cloud.stop()
+    return env
 
 
 def release_sha256() -> str:

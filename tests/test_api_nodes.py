@@ -333,6 +333,23 @@ def test_bad_bodies_are_clear_422s(alice: httpx.Client, body: dict[str, Any], wh
     assert where in problem["detail"]
 
 
+def test_a_network_without_a_chain_backend_is_refused(
+    alice: httpx.Client, db_url: str, issuer: Issuer
+) -> None:
+    # The test API serves regtest only (settings_for): signet has no chain backend.
+    problem = assert_problem(alice.post("/nodes", json={"name": "sig", "network": "signet"}), 422)
+    assert "no chain backend for network 'signet'" in problem["detail"], problem
+    assert fetch(db_url, "SELECT count(*) FROM nodes") == [(0,)]
+    # The default network is a setting, and refused the same way when it has no backend.
+    settings = settings_for(db_url, issuer, default_network="testnet")
+    with running_api(settings, issuer) as other, other.as_("alice") as client:
+        problem = assert_problem(client.post("/nodes", json={"name": "dflt"}), 422)
+        assert "no chain backend for network 'testnet'" in problem["detail"], problem
+    settings = settings_for(db_url, issuer, default_network="testnet", chain={"testnet": {}})
+    with running_api(settings, issuer) as other, other.as_("alice") as client:
+        assert create(client, "dflt")["network"] == "testnet"
+
+
 def test_bad_parameters_are_422s(alice: httpx.Client) -> None:
     for path in ("/nodes/0", "/nodes/x", f"/nodes/{2**63}", "/nodes/-1/events"):
         assert_problem(alice.get(path), 422)

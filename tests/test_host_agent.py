@@ -51,9 +51,12 @@ esac
 """
 
 FAKE_AWS = """#!/usr/bin/env bash
-# `aws s3 cp [--only-show-errors] SRC DST` with s3://bucket/key kept under $FAKE_S3.
+# `aws s3 cp --only-show-errors [--metadata K=V] SRC DST` with s3://bucket/key kept under
+# $FAKE_S3 (the metadata beside it, in KEY.metadata).
 set -euo pipefail
 [[ $1 == s3 && $2 == cp && $3 == --only-show-errors ]] || { echo "fake aws: $*" >&2; exit 2; }
+metadata=""
+if [[ $4 == --metadata ]]; then metadata=$5; shift 2; fi
 local_path() { if [[ $1 == s3://* ]]; then echo "$FAKE_S3/${1#s3://}"; else echo "$1"; fi; }
 src=$(local_path "$4")
 dst=$(local_path "$5")
@@ -64,6 +67,7 @@ if [[ ! -f $src ]]; then
 fi
 mkdir -p "$(dirname "$dst")"
 cp "$src" "$dst"
+if [[ -n $metadata ]]; then printf '%s\\n' "$metadata" >"$dst.metadata"; fi
 """
 
 
@@ -90,6 +94,10 @@ class Host:
     @property
     def data(self) -> Path:
         return self.root / "data"
+
+    @property
+    def backups(self) -> Path:
+        return self.root / "backups"
 
     @property
     def s3(self) -> Path:
@@ -147,7 +155,7 @@ def _executable(path: Path, text: str) -> str:
 @pytest.fixture
 def host(tmp_path: Path) -> Host:
     root = tmp_path / "host"
-    for name in ("etc", "opt", "data", "s3", "state", "bin", "tmp"):
+    for name in ("etc", "opt", "data", "backups", "s3", "state", "bin", "tmp"):
         (root / name).mkdir(parents=True)
     env = {
         "PATH": os.environ["PATH"],
@@ -156,6 +164,7 @@ def host(tmp_path: Path) -> Host:
         "RLN_ETC": str(root / "etc"),
         "RLN_OPT": str(root / "opt"),
         "RLN_DATA": str(root / "data"),
+        "RLN_BACKUPS": str(root / "backups"),
         "SYSTEMCTL": _executable(root / "bin" / "systemctl", FAKE_SYSTEMCTL),
         "AWS": _executable(root / "bin" / "aws", FAKE_AWS),
         "FAKE_STATE": str(root / "state"),
@@ -456,48 +465,87 @@ def test_a_failing_start_is_one_line(host: Host, releases: ReleaseServer) -> Non
 # backup-upload
 
 
-def test_backup_upload_copies_the_file_to_s3(host: Host) -> None:
-    backup = host.data / "backups" / "node-1.rlnbackup"
-    backup.parent.mkdir()
+def test_backup_upload_copies_the_file_to_s3_with_its_checksum(host: Host) -> None:
+    backup = host.backups / "node-1.rlnbackup"
     backup.write_bytes(b"encrypted backup")
+    sha256 = hashlib.sha256(b"encrypted backup").hexdigest()
     uri = "s3://rln-fleet-backups/backups/alice/node-1/node-1.rlnbackup"
-    assert host.ok("backup-upload", str(backup), uri) == uri
+    assert host.ok("backup-upload", str(backup), uri) == f"{uri} size=16 sha256={sha256}"
     stored = host.s3 / "rln-fleet-backups" / "backups" / "alice" / "node-1" / "node-1.rlnbackup"
     assert stored.read_bytes() == b"encrypted backup"
-    # Uploading the same file to the same place again is harmless.
-    assert host.ok("backup-upload", str(backup), uri) == uri
+    assert stored.with_name(stored.name + ".metadata").read_text() == f"sha256={sha256}\n"
+    # The host keeps its copy until the fleet saw it in S3; uploading again is harmless.
+    assert backup.exists()
+    assert host.ok("backup-upload", str(backup), uri) == f"{uri} size=16 sha256={sha256}"
+
+
+def test_backup_remove_removes_the_file_once(host: Host) -> None:
+    backup = host.backups / "node-1.rlnbackup"
+    backup.write_bytes(b"encrypted backup")
+    assert host.ok("backup-remove", str(backup)) == "removed"
+    assert not backup.exists()
+    assert host.ok("backup-remove", str(backup)) == "already removed"
 
 
 def test_backup_upload_refuses_a_missing_file(host: Host) -> None:
-    path = str(host.data / "backups" / "none.rlnbackup")
+    path = str(host.backups / "none.rlnbackup")
     message = host.fails("backup-upload", path, "s3://bucket/key")
     assert message == f"no such backup file: {path}"
 
 
-def test_backup_upload_refuses_files_outside_the_data_dir(host: Host) -> None:
+@pytest.mark.parametrize("command", ["backup-upload", "backup-remove"])
+def test_backup_commands_refuse_files_outside_the_backup_dir(host: Host, command: str) -> None:
     outside = host.root / "secret"
     outside.write_text("not a backup")
-    (host.data / "link").symlink_to(outside)
-    sneaky = f"{host.data}/../secret"
-    for path in (str(outside), sneaky, str(host.data / "link")):
-        message = host.fails("backup-upload", path, "s3://bucket/key")
-        assert message == f"refusing to upload {path}: not inside {host.data}"
+    (host.backups / "link").symlink_to(outside)
+    (host.data / "mnemonic").write_text("the wallet")
+    sneaky = f"{host.backups}/../secret"
+    paths = (str(outside), sneaky, str(host.backups / "link"), str(host.data / "mnemonic"))
+    for path in paths:
+        args = (path, "s3://bucket/key") if command == "backup-upload" else (path,)
+        message = host.fails(command, *args)
+        assert message == f"refusing {path}: not a file in {host.backups}"
     assert list(host.s3.iterdir()) == []
+    assert outside.exists() and (host.data / "mnemonic").exists()
 
 
 @pytest.mark.parametrize("uri", ["https://bucket/key", "s3://bucket", "s3://bucket/", "s3:///k"])
 def test_backup_upload_refuses_a_bad_uri(host: Host, uri: str) -> None:
-    backup = host.data / "b.rlnbackup"
+    backup = host.backups / "b.rlnbackup"
     backup.write_text("x")
     assert host.fails("backup-upload", str(backup), uri) == f"invalid S3 URI: {uri}"
+
+
+# set-network
+
+
+def test_set_network_writes_the_units_environment_file(host: Host) -> None:
+    assert host.ok("set-network", "mainnet") == "set"
+    assert (host.etc / "node.env").read_text() == "NETWORK=mainnet\n"
+    assert host.ok("set-network", "mainnet") == "unchanged"
+    assert host.ok("set-network", "testnet4") == "set"
+    assert (host.etc / "node.env").read_text() == "NETWORK=testnet4\n"
+    assert list(host.etc.glob(".node.env.*")) == []
+
+
+def test_set_network_refuses_a_running_node_and_a_bad_network(host: Host) -> None:
+    host.ok("set-network", "testnet")
+    host.set_running(True)
+    assert host.ok("set-network", "testnet") == "unchanged"
+    message = host.fails("set-network", "mainnet")
+    assert message == "node is running on testnet: stop it before changing its network"
+    assert host.fails("set-network", "bitcoin") == (
+        "invalid network: bitcoin (one of regtest | testnet | testnet4 | signet | mainnet)"
+    )
+    assert (host.etc / "node.env").read_text() == "NETWORK=testnet\n"
 
 
 # usage
 
 
 FULL_USAGE = (
-    "usage: rln-hostctl set-root-key HEX | start | stop | status"
-    " | install VERSION URL SHA256 | backup-upload PATH S3URI"
+    "usage: rln-hostctl set-root-key HEX | set-network NETWORK | start | stop | status"
+    " | install VERSION URL SHA256 | backup-upload PATH S3URI | backup-remove PATH"
 )
 
 
@@ -512,6 +560,8 @@ FULL_USAGE = (
         (("status", "-v"), "usage: rln-hostctl status"),
         (("install", "0.9.1"), "usage: rln-hostctl install VERSION URL SHA256"),
         (("backup-upload", "/x"), "usage: rln-hostctl backup-upload PATH S3URI"),
+        (("backup-remove",), "usage: rln-hostctl backup-remove PATH"),
+        (("set-network",), "usage: rln-hostctl set-network NETWORK"),
     ],
 )
 def test_usage_errors_exit_2(host: Host, args: tuple[str, ...], message: str) -> None:
@@ -618,7 +668,7 @@ def test_unit_runs_the_daemon_as_rln_with_the_root_key() -> None:
         "Restart=on-failure",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
-        "ReadWritePaths=/var/lib/rln",
+        "ReadWritePaths=/var/lib/rln /var/lib/rln-backups",
     ):
         assert directive in lines
     assert not any("disable-authentication" in line for line in lines)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import psycopg
 
+from models.backups import BackupRecord
 from tests.conftest import add_nodes, fetch, wait_until
 from tests.simulation import RELEASE, Simulation, release_sha256
 from worker.dispatcher import Dispatcher
@@ -68,7 +69,8 @@ def test_full_lifecycle_through_the_simulated_cloud(
     backups = simulation.backups()
     assert len(backups) == 3 and all(key.startswith("backups/tester/") for key in backups)
     notes = fetch(db_url, "SELECT detail FROM node_history WHERE event = 'backup' ORDER BY id")
-    assert sorted(d.removeprefix("s3://fleet-backups/") for (d,) in notes) == backups
+    records = [BackupRecord.parse(d) for (d,) in notes]
+    assert sorted(r.key for r in records if r is not None) == backups
     assert all(simulation.host(n).daemon is None for n in node_ids)
 
     request(db_url, node_ids, "update", RELEASE)
@@ -110,6 +112,7 @@ def assert_api_reached_only_through_the_tunnel(simulation: Simulation) -> None:
     for path, role in traffic.roles:
         granted.setdefault(path, set()).add(role)
     assert granted.pop("/nodeinfo") == {"read-only"}
+    assert granted.pop("/networkinfo") == {"read-only"}
     assert {"/init", "/unlock", "/lock", "/backup"} <= set(granted)
     assert all(roles == {"admin"} for roles in granted.values()), granted
 

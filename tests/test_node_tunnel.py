@@ -24,7 +24,7 @@ from jobs.registry import NodeSnapshot
 from jobs.tunnel import ChannelStream, SshTunnel, node_route, open_api_channel
 from models.secrets import Secret
 from sim.host import HostPorts, SimHost
-from sim.rln_daemon import ApiTraffic
+from sim.rln_daemon import ApiTraffic, ChainWorld, SimBitcoind
 from sim.ssh_server import public_key_text
 from tests.conftest import add_nodes, fetch
 from tests.simulation import Simulation, write_ssh_key
@@ -34,7 +34,14 @@ from worker.dispatcher import Dispatcher
 T = TypeVar("T")
 PASSWORD = Secret("correct horse battery staple")
 MNEMONIC = Secret(" ".join(["abandon"] * 11 + ["about"]))
-CHAIN = ChainBackend(bitcoind_rpc_password="rpc-password-not-for-the-wire")
+# The regtest bitcoind and electrs the simulated host has on itself (ChainWorld.local).
+CHAIN = ChainBackend(
+    bitcoind_rpc_host="127.0.0.1",
+    bitcoind_rpc_port=18443,
+    bitcoind_rpc_username="user",
+    bitcoind_rpc_password="rpc-password-not-for-the-wire",
+    indexer_url="127.0.0.1:50001",
+)
 
 
 class Loop:
@@ -96,8 +103,12 @@ def node(loop: Loop, tmp_path: Path) -> Iterator[Node]:
         "0.9.0",
         asyncssh.read_public_key(str(public)),
         fetch=lambda url: b"",
-        upload=lambda url, body: None,
+        upload=lambda url, body, sha256: None,
         unlock_seconds=0.05,
+        chain=ChainWorld(
+            {("127.0.0.1", 18443): SimBitcoind("regtest", "user", CHAIN.bitcoind_rpc_password)},
+            {"127.0.0.1:50001": "regtest"},
+        ),
     )
     key = new_root_key()
     loop.run(host.boot())

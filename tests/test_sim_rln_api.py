@@ -6,6 +6,7 @@ tests talk to them with plain synchronous httpx from the test thread, so a slow 
 can be left running in a worker thread while other calls are made."""
 
 import asyncio
+import itertools
 import random
 import re
 import socket
@@ -33,7 +34,15 @@ from jobs.node_auth import (
     read_only_token,
     route_token,
 )
-from sim.rln_daemon import ApiFaults, ApiTraffic, BlockSync, NodeDisk, RlnDaemon, carries_secret
+from sim.rln_daemon import (
+    ApiFaults,
+    ApiTraffic,
+    BlockSync,
+    NodeDisk,
+    RlnDaemon,
+    SimBitcoind,
+    carries_secret,
+)
 
 T = TypeVar("T")
 HOST = "127.0.0.1"
@@ -309,7 +318,6 @@ def test_wrong_state_answers(
 INVALID_REQUESTS = [
     ("empty", "/init", {"mnemonic": MNEMONIC}),
     ("empty", "/init", {"password": 12345678}),
-    ("empty", "/init", {"password": PASSWORD, "mnemonic": "not a mnemonic at all"}),
     ("locked", "/unlock", OLD_UNLOCK),
     ("locked", "/unlock", {**UNLOCK, "ldk_chain_sync": {"mode": "Electrum", "config": {}}}),
     ("locked", "/unlock", {**UNLOCK, "ldk_chain_sync": {"mode": "BlockSync"}}),
@@ -318,6 +326,8 @@ INVALID_REQUESTS = [
         "mode": "BlockSync", "config": {"bitcoind_rpc_username": "u",
         "bitcoind_rpc_password": "p", "bitcoind_rpc_host": "h", "bitcoind_rpc_port": "18443"}}}),
     ("locked", "/unlock", {k: v for k, v in UNLOCK.items() if k != "announce_addresses"}),
+    ("locked", "/unlock", {k: v for k, v in UNLOCK.items() if k != "indexer_url"}),
+    ("locked", "/unlock", {**UNLOCK, "indexer_url": None}),
     ("locked", "/unlock", {**UNLOCK, "announce_addresses": "127.0.0.1:9735"}),
     ("locked", "/backup", {"password": PASSWORD}),
     ("locked", "/changepassword", {"old_password": PASSWORD}),
@@ -397,13 +407,16 @@ def test_init_restart_unlock_lock_backup_restore(nodes: Nodes) -> None:
     expect_error(node.call("GET", "/nodeinfo"), 403, "LockedNode")
 
     expect_ok(node.call("POST", "/backup", BACKUP))
-    backup = node.disk.files[BACKUP["backup_path"]]
+    backup = node.disk.read(BACKUP["backup_path"])
+    assert backup is not None
     assert MNEMONIC.encode() not in backup and PASSWORD.encode() not in backup
     expect_error(node.call("POST", "/backup", BACKUP), 400, "InvalidBackupPath")
-    assert node.disk.files[BACKUP["backup_path"]] == backup
+    assert node.disk.read(BACKUP["backup_path"]) == backup
 
     # The backup file taken to a new host with an empty storage dir.
-    other = nodes.new(disk=NodeDisk(files={"/restore/me": backup}))
+    other_disk = NodeDisk()
+    other_disk.write("/restore/me", backup)
+    other = nodes.new(disk=other_disk)
     restore = {"backup_path": "/restore/me", "password": PASSWORD}
     expect_error(other.call("POST", "/restore", {**restore, "password": "wrong one"}), 401,
                  "WrongPassword")  # fmt: skip
@@ -472,10 +485,89 @@ def test_read_routes_when_unlocked(nodes: Nodes) -> None:
     assert first != second
 
 
+def test_a_backup_zips_the_storage_dir_so_one_inside_it_holds_every_earlier_one(
+    nodes: Nodes,
+) -> None:
+    node = initialised(nodes.new())
+    inside = [f"/var/lib/rln/backups/b-{i}" for i in range(4)]
+    outside = [f"/var/lib/rln-backups/b-{i}" for i in range(4)]
+    for path in [*inside, *outside]:
+        expect_ok(node.call("POST", "/backup", {"backup_path": path, "password": PASSWORD}))
+    sizes_inside = [len(node.disk.read(p) or b"") for p in inside]
+    sizes_outside = [len(node.disk.read(p) or b"") for p in outside]
+    assert all(b > 2 * a for a, b in itertools.pairwise(sizes_inside)), sizes_inside
+    assert max(sizes_outside) < 1.2 * min(sizes_outside), sizes_outside
+    # The temporary zip went next to the backup file, and away again.
+    assert sorted(p.name for p in node.disk.path("/var/lib/rln-backups").iterdir()) == [
+        "b-0", "b-1", "b-2", "b-3"
+    ]  # fmt: skip
+
+
+def test_init_answers_invalid_mnemonic_and_normalises_a_good_one(nodes: Nodes) -> None:
+    node = nodes.new()
+    bad = {"password": PASSWORD, "mnemonic": "not a mnemonic at all"}
+    expect_error(node.call("POST", "/init", bad), 400, "InvalidMnemonic")
+    spaced = {"password": PASSWORD, "mnemonic": "  " + MNEMONIC.replace(" ", "   ") + " "}
+    expect_ok(node.call("POST", "/init", spaced), {"mnemonic": MNEMONIC})
+
+
+def test_nodeinfo_has_upstreams_full_shape(nodes: Nodes) -> None:
+    node = initialised(nodes.new())
+    expect_ok(node.call("POST", "/unlock", UNLOCK))
+    info = node.call("GET", "/nodeinfo").json()
+    assert set(info) >= {
+        "pubkey", "num_channels", "num_usable_channels", "local_balance_sat",
+        "eventual_close_fees_sat", "pending_outbound_payments_sat", "num_peers",
+        "account_xpub_vanilla", "account_xpub_colored", "max_media_upload_size_mb",
+        "rgb_htlc_min_msat", "rgb_channel_capacity_min_sat", "channel_capacity_min_sat",
+        "channel_capacity_max_sat", "channel_asset_min_amount", "channel_asset_max_amount",
+        "network_nodes", "network_channels",
+    }  # fmt: skip
+
+
+CHAIN_ERRORS = [
+    ({"indexer_url": "tcp://nowhere:50001"}, "InvalidIndexer"),
+    ({"ldk_chain_sync": {"mode": "TransactionSync", "config": {"indexer_url": "nowhere:1"}}},
+     "InvalidIndexer"),
+    ({"ldk_chain_sync": {**UNLOCK["ldk_chain_sync"], "config": {
+        **UNLOCK["ldk_chain_sync"]["config"], "bitcoind_rpc_port": 18444}}},
+     "FailedBitcoindConnection"),
+    ({"ldk_chain_sync": {**UNLOCK["ldk_chain_sync"], "config": {
+        **UNLOCK["ldk_chain_sync"]["config"], "bitcoind_rpc_password": "wrong"}}},
+     "FailedBitcoindConnection"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("change", "name"), CHAIN_ERRORS)
+def test_unlock_checks_the_chain_backend(nodes: Nodes, change: dict[str, Any], name: str) -> None:
+    node = initialised(nodes.new())
+    expect_error(node.call("POST", "/unlock", {**UNLOCK, **change}), 403, name)
+    assert not node.current.unlocked
+    # The password is checked first, as upstream does.
+    wrong = {**UNLOCK, **change, "password": "not the one"}
+    expect_error(node.call("POST", "/unlock", wrong), 401, "WrongPassword")
+
+
+def test_unlock_refuses_a_bitcoind_of_another_network(nodes: Nodes) -> None:
+    node = initialised(nodes.new())
+    node.current.chain.bitcoinds[("127.0.0.1", 18443)] = SimBitcoind("testnet", "user", "password")
+    answer = node.call("POST", "/unlock", UNLOCK)
+    expect_error(answer, 403, "NetworkMismatch")
+    assert "(test)" in answer.json()["error"] and "(Regtest)" in answer.json()["error"]
+
+
+@pytest.mark.parametrize("name", ["InvalidIndexer", "FailedBitcoindConnection", "NetworkMismatch"])
+def test_the_chain_error_knob_fails_every_unlock(nodes: Nodes, name: str) -> None:
+    node = initialised(nodes.new(faults=ApiFaults(chain_error=name)))
+    expect_error(node.call("POST", "/unlock", UNLOCK), 403, name)
+    assert not node.current.unlocked
+
+
 def test_unlock_takes_transaction_sync(nodes: Nodes) -> None:
     node = initialised(nodes.new())
     chain = {"mode": "TransactionSync", "config": {"indexer_url": "tcp://127.0.0.1:50001"}}
-    body = {"password": PASSWORD, "ldk_chain_sync": chain, "announce_addresses": []}
+    body = {"password": PASSWORD, "ldk_chain_sync": chain, "announce_addresses": [],
+            "indexer_url": "127.0.0.1:50001"}  # fmt: skip
     expect_ok(node.call("POST", "/unlock", body))
     assert node.current.last_unlock is not None
     assert node.current.last_unlock.ldk_chain_sync.mode == "TransactionSync"

@@ -21,7 +21,7 @@ def test_two_hundred_hosts_answer_from_one_process() -> None:
         hosts = [
             SimHost(
                 f"{block}.{i + 1}", HostPorts(ssh=2222, api=3001), "regtest", "0.9.0",
-                client_key, fetch=lambda url: b"", upload=lambda url, body: None,
+                client_key, fetch=lambda url: b"", upload=lambda url, body, sha256: None,
             )
             for i in range(HOSTS)
         ]  # fmt: skip

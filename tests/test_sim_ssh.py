@@ -79,6 +79,14 @@ class FakeAgent:
         self.calls.append(("backup-upload", path, s3_uri))
         return s3_uri
 
+    async def set_network(self, network: str) -> str:
+        self.calls.append(("set-network", network))
+        return "set"
+
+    async def backup_remove(self, path: str) -> str:
+        self.calls.append(("backup-remove", path))
+        return "removed"
+
 
 class BrokenAgent(FakeAgent):
     async def status(self) -> str:

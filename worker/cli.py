@@ -20,7 +20,7 @@ from rich.table import Table
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
-from models import logins, nodes, placement, releases, reseal, secrets
+from models import backups, logins, nodes, placement, releases, reseal, secrets
 from models.errors import BadInput
 from models.identity import fleet_id
 from models.nodes import NodeRecord
@@ -171,6 +171,7 @@ def node_create(
     """Add a node (state new, or instance with --start)."""
     config = settings()
     spec = nodes.parse_spec(
+        config.chain.keys(),
         name=name,
         owner=owner or getpass.getuser(),
         region=region or config.default_region,
@@ -242,6 +243,24 @@ def node_show(name: str, as_json: JsonFlag = False) -> None:
             h.error or "",
         )
     out.print(events)
+
+
+@node_app.command("backups")
+def node_backups(name: str, as_json: JsonFlag = False) -> None:
+    """The node's backups in S3, each verified there (size, SHA-256) before its host's
+    copy was removed."""
+    with operator_session() as session:
+        found = backups.node_backups(session, nodes.find_node(session, name).id)
+    if as_json:
+        print_json([{"at": b.at.isoformat(), **asdict(b.record)} for b in found])
+        return
+    # One line each, never wrapped: keys and checksums are for copying.
+    for b in found:
+        r = b.record
+        at = b.at.isoformat(timespec="seconds")
+        typer.echo(f"{at}  s3://{r.bucket}/{r.key}  {r.size} bytes  sha256 {r.sha256}")
+    if not found:
+        typer.echo(f"node {name} has no verified backups")
 
 
 @node_app.command("retry")

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Field
 
 from jobs.config import StepSettings
+from models.formats import Network
 from models.session import DatabaseUrl
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -78,7 +79,7 @@ class FleetSettings(StepSettings):
     # Defaults for `fleet node create`.
     default_region: str = "eu-west-1"
     default_instance_type: str = "t3.small"
-    default_network: str = "regtest"
+    default_network: Network = "regtest"
 
     log_format: str = Field(default="console", pattern="^(console|json)$")
     log_level: str = Field(default="INFO", pattern="(?i)^(debug|info|warning|error|critical)$")

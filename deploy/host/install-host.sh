@@ -33,7 +33,8 @@ create_users() {
 
 create_dirs() {
     install -d -m 0755 -o root -g root /etc/rln /opt/rln /opt/rln/releases
-    install -d -m 0750 -o rln -g rln /var/lib/rln /var/lib/rln/backups
+    # /backup files go beside the storage dir, never inside it (/backup zips all of it).
+    install -d -m 0750 -o rln -g rln /var/lib/rln /var/lib/rln-backups
     # The network is the image's (or the user data's) choice; a later run keeps it.
     if [[ ! -f /etc/rln/node.env ]]; then
         printf 'NETWORK=%s\n' "$NETWORK" >/etc/rln/node.env

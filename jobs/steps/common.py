@@ -7,17 +7,28 @@ alone: the SSH host key is pinned at first contact (the key step), to the addres
 EC2 reports for this fleet's instance of this node; every later contact must show that
 key, and a pin that went missing holds the node instead of being taken again."""
 
+from jobs.backups import StoredObject
 from jobs.host import AgentReply
 from jobs.node_api import NodeApi, NodeApiError
 from jobs.node_auth import route_token
 from jobs.outcomes import HoldNode
 from jobs.registry import NodeFacts, StepContext
 from jobs.tunnel import node_route
+from models.backups import BackupRecord
 from models.secrets import Secret
+
+# Where the node writes /backup files on its host: beside its storage dir (/var/lib/rln),
+# never inside it, because /backup zips the whole storage dir (deploy/host/README.md).
+HOST_BACKUP_DIR = "/var/lib/rln-backups"
 
 
 class AgentFailed(Exception):
     """The host agent answered with an error (its one line); the step is retried."""
+
+
+class BackupNotVerified(Exception):
+    """S3 does not hold what the host reported uploading; the host keeps its copy and the
+    step is retried."""
 
 
 def run_agent(context: StepContext, *command: str) -> str:
@@ -99,17 +110,42 @@ def lock_quietly(api: NodeApi) -> None:
             raise
 
 
-def backup_to_s3(context: StepContext, api: NodeApi) -> str:
-    """Back the locked wallet up on the node, upload it under the node's S3 prefix and
-    note where it went. Each run writes its own file: /backup refuses an existing path."""
+def backup_to_s3(context: StepContext, api: NodeApi) -> BackupRecord:
+    """Back the locked wallet up on the node, upload it under the node's S3 prefix, check
+    in S3 that it arrived whole, note it in the history, then remove the host's copy.
+    Each run writes its own file: /backup refuses an existing path."""
     node = context.node
     password = context.secret("wallet_password")
     if password is None:
         raise HoldNode(f"node {node.name} has no stored wallet password to back up with")
     settings = context.tools.settings
-    path = f"/var/lib/rln/backups/{node.name}-{node.step_run}.rlnbackup"
+    file_name = f"{node.name}-{node.step_run}.rlnbackup"
+    path = f"{HOST_BACKUP_DIR}/{file_name}"
     api.backup(path, password)
-    key = f"{settings.backup_prefix}/{node.owner}/{node.name}/{node.name}-{node.step_run}.rlnbackup"
-    run_agent(context, "backup-upload", path, f"s3://{settings.backup_bucket}/{key}")
-    context.note("backup", f"s3://{settings.backup_bucket}/{key}")
-    return key
+    key = f"{settings.backup_prefix}/{node.owner}/{node.name}/{file_name}"
+    uri = f"s3://{settings.backup_bucket}/{key}"
+    reported = _uploaded(run_agent(context, "backup-upload", path, uri), uri)
+    record = BackupRecord(settings.backup_bucket, key, reported.size, reported.sha256 or "")
+    stored = context.tools.backups.stored(settings.backup_bucket, key)
+    if stored != reported:
+        raise BackupNotVerified(
+            f"backup {uri}: S3 holds {_described(stored)}, the host uploaded"
+            f" {_described(reported)}; the host keeps its copy"
+        )
+    context.note("backup", record.detail())
+    run_agent(context, "backup-remove", path)
+    return record
+
+
+def _uploaded(line: str, uri: str) -> StoredObject:
+    """The agent's answer to backup-upload: `S3URI size=N sha256=HEX`."""
+    words = line.split()
+    fields = dict(word.partition("=")[::2] for word in words[1:])
+    size, sha256 = fields.get("size", ""), fields.get("sha256", "")
+    if words[:1] != [uri] or not size.isdigit() or len(sha256) != 64:
+        raise AgentFailed(f"host agent backup-upload: answer not understood: {line[:120]!r}")
+    return StoredObject(int(size), sha256)
+
+
+def _described(found: StoredObject | None) -> str:
+    return "nothing" if found is None else f"{found.size} bytes, sha256 {found.sha256}"

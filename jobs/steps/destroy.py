@@ -8,7 +8,13 @@ from jobs.host import HostUnreachable
 from jobs.node_api import NodeApiError, NodeUnreachable
 from jobs.outcomes import Done, HoldNode, Outcome, Wait
 from jobs.registry import StepContext, steps
-from jobs.steps.common import AgentFailed, backup_to_s3, lock_quietly, node_api
+from jobs.steps.common import (
+    AgentFailed,
+    BackupNotVerified,
+    backup_to_s3,
+    lock_quietly,
+    node_api,
+)
 
 
 @steps.step("destroy")
@@ -75,6 +81,8 @@ def _back_up_if_answering(context: StepContext) -> None:
         backup_to_s3(context, api)
     except (NodeUnreachable, HostUnreachable, AgentFailed):
         return  # best effort: a node that is down cannot be backed up
+    except BackupNotVerified as exc:
+        context.note("note", f"no verified backup before destroy: {exc}")
     except HoldNode as exc:
         # The host cannot be trusted with the wallet password (a changed key, a row that
         # EC2 contradicts): no backup, and the instances still go.

@@ -1,5 +1,7 @@
-"""start: start the node service over SSH, then wait until its API answers. Only a real
-RLN answer counts: a refused connection is not a running node."""
+"""start: set the node's network on its host, start the node service over SSH, then wait
+until its API answers. Only a real RLN answer counts: a refused connection is not a
+running node. The network is the row's, never the image's: the agent writes it where the
+unit reads --network, and the wallet step checks /networkinfo against it."""
 
 from jobs.host import HostUnreachable
 from jobs.node_api import NodeApiError, NodeUnreachable
@@ -12,6 +14,7 @@ from jobs.steps.common import node_api, run_agent
 def start_service(context: StepContext) -> Outcome:
     poll = context.tools.settings.poll_seconds
     try:
+        run_agent(context, "set-network", context.node.network)
         run_agent(context, "start")
     except HostUnreachable as exc:
         return Wait(poll, str(exc))

@@ -11,17 +11,23 @@ may exist. From then on a secret missing from the database holds the node loudly
 mnemonic would make the fleet hold one that recovers nothing."""
 
 import secrets as random_source
+from typing import cast
 
 from mnemonic import Mnemonic
 
-from jobs.node_api import NodeApi, NodeApiError, NodeUnreachable
+from jobs.config import ChainBackend
+from jobs.node_api import NETWORK_NAMES, NodeApi, NodeApiError, NodeUnreachable
 from jobs.outcomes import Done, HoldNode, Outcome, Wait
 from jobs.registry import NodeFacts, StepContext, steps
-from jobs.steps.common import node_api
+from jobs.steps.common import lock_quietly, node_api
+from models.formats import Network
 from models.secrets import Secret
 
 PASSWORD_BYTES = 24
 MNEMONIC_STRENGTH = 256  # 24 words
+# What /unlock answers when the chain backend is wrong for the node: configuration, which
+# no retry mends (the daemon checks the indexer, then bitcoind's connection and chain).
+CHAIN_BACKEND_ERRORS = frozenset({"InvalidIndexer", "FailedBitcoindConnection", "NetworkMismatch"})
 
 
 class LeaseLost(Exception):
@@ -34,6 +40,7 @@ def open_wallet(context: StepContext) -> Outcome:
     api, poll = node_api(context), context.tools.settings.poll_seconds
     try:
         _unlock(context, api, password, mnemonic)
+        _check_network(context, api)
         info = api.node_info()
     except NodeUnreachable:
         return Wait(poll, "node API not answering")
@@ -43,6 +50,28 @@ def open_wallet(context: StepContext) -> Outcome:
         raise
     context.record(NodeFacts(node_pubkey=info.pubkey))
     return Done()
+
+
+def _chain_backend(context: StepContext) -> ChainBackend:
+    network = context.node.network
+    # A row's network is one of the five (a CHECK constraint); FLEET_CHAIN may lack it.
+    chain = context.tools.settings.chain.get(cast(Network, network))
+    if chain is None:
+        raise HoldNode(f"chain backend for {network}: none configured (FLEET_CHAIN)")
+    return chain
+
+
+def _check_network(context: StepContext, api: NodeApi) -> None:
+    """The daemon runs the node's network: its host took what the start step set. A
+    node on another chain is locked again and held, never left open there."""
+    node = context.node
+    running = api.network_info().network
+    if running != NETWORK_NAMES[node.network]:
+        lock_quietly(api)
+        raise HoldNode(
+            f"node {node.name} asked for {node.network} runs {running}: its host did not"
+            " take the network (check /etc/rln/node.env and the unit's --network)"
+        )
 
 
 def _wallet_secrets(context: StepContext) -> tuple[Secret, Secret]:
@@ -72,21 +101,30 @@ def _wallet_secrets(context: StepContext) -> tuple[Secret, Secret]:
 
 
 def _unlock(context: StepContext, api: NodeApi, password: Secret, mnemonic: Secret) -> None:
-    chain = context.tools.settings.chain
+    chain = _chain_backend(context)
     try:
-        api.unlock(password, chain)
+        _unlock_once(context, api, password, chain)
         return
     except NodeApiError as exc:
         if exc.name == "AlreadyUnlocked":
             return
+        if exc.name != "NotInitialized":
+            raise
+    _init(context, api, password, mnemonic)
+    _unlock_once(context, api, password, chain)
+
+
+def _unlock_once(context: StepContext, api: NodeApi, password: Secret, chain: ChainBackend) -> None:
+    try:
+        api.unlock(password, chain)
+    except NodeApiError as exc:
         if exc.name == "WrongPassword":
             raise HoldNode(
                 f"wallet of node {context.node.name} refuses the stored password"
             ) from None
-        if exc.name != "NotInitialized":
-            raise
-    _init(context, api, password, mnemonic)
-    api.unlock(password, chain)
+        if exc.name in CHAIN_BACKEND_ERRORS:
+            raise HoldNode(f"chain backend for {context.node.network}: {exc}") from None
+        raise
 
 
 def _init(context: StepContext, api: NodeApi, password: Secret, mnemonic: Secret) -> None:

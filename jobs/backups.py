@@ -1,0 +1,43 @@
+"""The backup bucket, as the worker checks an upload: S3 says what it holds under a key
+(its size, and the SHA-256 the host computed before uploading, kept as the object's
+`sha256` metadata). A host copy is removed only once S3 holds exactly what the host
+reported: a partial or wrong upload is never the only copy."""
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from jobs.config import StepSettings
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    size: int
+    sha256: str | None  # the metadata the upload carried, if any
+
+
+class BackupStore(Protocol):
+    def stored(self, bucket: str, key: str) -> StoredObject | None: ...
+
+
+class S3Backups:
+    def __init__(self, settings: StepSettings) -> None:
+        timeout = settings.aws_timeout_seconds
+        config = Config(
+            retries={"mode": "standard", "max_attempts": settings.ec2_max_retries},
+            connect_timeout=timeout,
+            read_timeout=timeout,
+        )
+        self._s3 = boto3.client("s3", endpoint_url=settings.aws_endpoint_url, config=config)
+
+    def stored(self, bucket: str, key: str) -> StoredObject | None:
+        try:
+            head = self._s3.head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return StoredObject(int(head["ContentLength"]), head.get("Metadata", {}).get("sha256"))
