@@ -38,6 +38,9 @@ class HostFaults:
     # Uploads that lose their second half on the way, unnoticed by the agent (which
     # still reports the whole file's size and checksum): what S3 verification catches.
     truncated_uploads: bool = False
+    # A daemon that exits right after it is started (a bad flag, a port taken): the real
+    # agent sees it when it looks again after its settle time, and says the last log line.
+    exits_at_once: str | None = None
     api: ApiFaults = field(default_factory=ApiFaults)
     rng: random.Random = field(default_factory=random.Random)
 
@@ -130,6 +133,10 @@ class SimHost:
             return "already running"
         if self.root_key is None:
             raise AgentError("no root public key set: run set-root-key first")
+        if self.faults.exits_at_once is not None:
+            raise AgentError(
+                f"rgb-lightning-node did not stay up after start: {self.faults.exits_at_once}"
+            )
         network = self.image_network if self.faults.image_network_fixed else self.network
         daemon = RlnDaemon(
             self.disk,

@@ -41,13 +41,25 @@ case $1 in
             echo "Job for rgb-lightning-node.service failed because the control process exited." >&2
             exit 1
         fi
-        echo running >"$FAKE_STATE/state" ;;
+        # A daemon that exits at once (a bad flag, a port taken): Type=exec still says ok.
+        if [[ -e $FAKE_STATE/exits-at-once ]]; then
+            echo stopped >"$FAKE_STATE/state"
+            echo "Error: Address already in use (os error 98)" >>"$FAKE_STATE/journal"
+        else
+            echo running >"$FAKE_STATE/state"
+        fi ;;
+    show) cat "$FAKE_STATE/restarts" 2>/dev/null || echo 0 ;;
     stop) echo stopped >"$FAKE_STATE/state" ;;
     enable) touch "$FAKE_STATE/enabled" ;;
     disable) rm -f "$FAKE_STATE/enabled" ;;
     reset-failed) ;;
     *) echo "fake systemctl: unknown $1" >&2; exit 1 ;;
 esac
+"""
+
+FAKE_JOURNALCTL = """#!/usr/bin/env bash
+# `journalctl -u UNIT -n 1 --no-pager -o cat`: the last line the fake unit logged.
+tail -n 1 "$FAKE_STATE/journal" 2>/dev/null || true
 """
 
 FAKE_AWS = """#!/usr/bin/env bash
@@ -167,6 +179,8 @@ def host(tmp_path: Path) -> Host:
         "RLN_BACKUPS": str(root / "backups"),
         "SYSTEMCTL": _executable(root / "bin" / "systemctl", FAKE_SYSTEMCTL),
         "AWS": _executable(root / "bin" / "aws", FAKE_AWS),
+        "JOURNALCTL": _executable(root / "bin" / "journalctl", FAKE_JOURNALCTL),
+        "RLN_START_SETTLE_SECONDS": "0",
         "FAKE_STATE": str(root / "state"),
         "FAKE_S3": str(root / "s3"),
     }
@@ -460,6 +474,32 @@ def test_a_failing_start_is_one_line(host: Host, releases: ReleaseServer) -> Non
         "because the control process exited."
     )
     assert host.ok("status").startswith("state=stopped ")
+
+
+def test_a_daemon_that_exits_at_once_fails_start_with_its_last_log_line(
+    host: Host, releases: ReleaseServer
+) -> None:
+    """Type=exec: `systemctl start` succeeds once the binary runs, even if it dies then."""
+    host.ok("set-root-key", KEY)
+    host.ok(*releases.publish("0.9.1").args)
+    (host.state / "exits-at-once").touch()
+    assert host.fails("start") == (
+        f"{UNIT} did not stay up after start: Error: Address already in use (os error 98)"
+    )
+
+
+def test_a_daemon_restarted_while_settling_fails_start(host: Host, releases: ReleaseServer) -> None:
+    """Restart=on-failure can bring a crashing daemon back before the check looks."""
+    host.ok("set-root-key", KEY)
+    host.ok(*releases.publish("0.9.1").args)
+    counter = host.state / "restarts"
+    counter.write_text("0\n")
+    host.env["SYSTEMCTL"] = _executable(
+        host.root / "bin" / "restarting-systemctl",
+        f'#!/bin/sh\nif [ "$1" = show ]; then n=$(cat {counter}); echo "$n";'
+        f' echo $((n + 1)) > {counter}; exit 0; fi\nexec {host.env["SYSTEMCTL"]} "$@"\n',
+    )
+    assert host.fails("start") == f"{UNIT} did not stay up after start: (the unit logged nothing)"
 
 
 # backup-upload

@@ -77,3 +77,24 @@ def test_a_stalled_download_times_out_and_the_update_succeeds_once_it_flows(
     reach(db_url, [node_id], "stopped")
     [(version,)] = fetch(db_url, "SELECT current_version FROM nodes WHERE id = %s", node_id)
     assert version == RELEASE
+
+
+def test_a_daemon_that_exits_at_once_fails_its_start_with_the_log_line(
+    simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
+) -> None:
+    simulation.cloud.settings.faults.exits_at_once = "Error: Address already in use (os error 98)"
+    [node_id] = add_nodes(db_url, ["exits"])
+    start_worker(env=simulation.env)
+
+    def failed_at_start() -> bool:
+        [(state, error)] = fetch(db_url, "SELECT state, last_error FROM nodes WHERE id = %s",
+                                 node_id)  # fmt: skip
+        return state == "start" and error is not None and "did not stay up" in error
+
+    wait_until(failed_at_start, 30, "the start step fails")
+    [(error,)] = fetch(db_url, "SELECT last_error FROM nodes WHERE id = %s", node_id)
+    assert error.endswith(
+        "did not stay up after start: Error: Address already in use (os error 98)"
+    )
+    simulation.cloud.settings.faults.exits_at_once = None
+    reach(db_url, [node_id], "live")
