@@ -89,6 +89,9 @@ class StepSettings(BaseSettings):
     # Per attempt. botocore's default (60 s) would park a worker behind one lost request
     # for a minute; a step that times out is simply retried.
     aws_timeout_seconds: float = Field(default=10.0, gt=0)
+    # How long a launch waits when EC2 has no room for its type (capacity comes back in
+    # minutes); twice that when the account hit its quota. Not counted as an attempt.
+    ec2_pause_seconds: float = Field(default=30.0, gt=0)
 
     # SSH to the hosts (the golden image's host agent).
     ssh_user: str = "fleet"

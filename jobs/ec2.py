@@ -14,9 +14,11 @@ from typing import Any, Protocol
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 from prometheus_client import Counter
 
 from jobs.config import RegionConfig, StepSettings
+from jobs.ec2_errors import classify
 from jobs.registry import NodeSnapshot
 from jobs.user_data import compressed_user_data
 
@@ -174,11 +176,22 @@ class Ec2Cloud:
         return _instance(answer["Instances"][0])
 
     def describe(self, region: str, instance_id: str) -> Instance | None:
-        found = self._describe(region, InstanceIds=[instance_id])
+        """None when EC2 does not know the id: terminated over about an hour ago (moto
+        keeps them forever, EC2 does not), or too new to be visible yet."""
+        try:
+            found = self._describe(region, InstanceIds=[instance_id])
+        except ClientError as exc:
+            if (error := classify(exc)) is not None and error.kind == "gone":
+                return None
+            raise
         return found[0] if found else None
 
     def terminate(self, region: str, instance_id: str) -> None:
-        self._client(region).terminate_instances(InstanceIds=[instance_id])
+        try:
+            self._client(region).terminate_instances(InstanceIds=[instance_id])
+        except ClientError as exc:
+            if (error := classify(exc)) is None or error.kind != "gone":
+                raise
 
     def adopt(self, region: str, instance_id: str) -> None:
         """Tag an instance with this fleet's id (one launched before fleets had ids)."""

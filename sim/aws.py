@@ -27,6 +27,17 @@ from werkzeug.serving import BaseWSGIServer, make_server
 moto_ec2_utils.filter_dict_attribute_mapping.setdefault("client-token", "client_token")
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+
+
+def error_body(code: str, message: str) -> bytes:
+    """An EC2 error answer, as EC2's query API writes it."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error>'
+        f"<Code>{code}</Code><Message>{message}</Message>"
+        "</Error></Errors><RequestID>sim-error</RequestID></Response>"
+    ).encode()
+
+
 THROTTLED_BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error>'
     b"<Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message>"
@@ -44,6 +55,10 @@ class LaunchLog:
     # gone away by then, as on EC2 once a request is in.
     launch_delay_seconds: float = 0.0
     in_flight: int = 0
+    # Every RunInstances is refused with this EC2 error code while it is set (a capacity
+    # blip, a quota, a bad AMI: "Error codes for the Amazon EC2 API").
+    refuse_with: str | None = None
+    refused: int = 0
     launched_at: list[float] = field(default_factory=list)
     throttled: int = 0
     replayed: int = 0  # RunInstances answered from an earlier call's ClientToken
@@ -114,6 +129,10 @@ class Ec2Front:
             if token in self._by_token:
                 self.log.replayed += 1
                 return self._by_token[token]
+            if self.log.refuse_with is not None:
+                self.log.refused += 1
+                body = error_body(self.log.refuse_with, f"simulated {self.log.refuse_with}")
+                return Answer("400 Bad Request", [("Content-Type", "text/xml")], [body])
             if self.log.rng.random() < self.log.throttle_rate:
                 self.log.throttled += 1
                 return Answer("503 Service Unavailable", [("Content-Type", "text/xml")],

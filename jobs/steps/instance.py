@@ -7,8 +7,11 @@ it; a repeated call with the same token returns the same instance. Launches draw
 fleet-wide budget."""
 
 import structlog
+from botocore.exceptions import ClientError
+from prometheus_client import Counter
 
 from jobs.ec2 import Instance, client_token
+from jobs.ec2_errors import Ec2ErrorKind, classify
 from jobs.outcomes import Done, HoldNode, Outcome, Wait
 from jobs.registry import NodeFacts, StepContext, steps
 
@@ -17,6 +20,11 @@ log = structlog.get_logger()
 # node is being (or was) destroyed. Anywhere else (its lease expired, the row is still in
 # `instance`) the next run of the step finds the instance by tag and token and keeps it.
 UNWANTED_IN = ("destroy", "destroyed")
+# A quota passes only when instances end or it is raised: a longer pause than capacity's.
+PAUSE_FACTOR: dict[Ec2ErrorKind, float] = {"capacity": 1.0, "quota": 2.0}
+LAUNCH_PAUSES = Counter(
+    "fleet_launch_pauses_total", "Launches EC2 refused for capacity or quota", ["kind"]
+)
 
 
 @steps.step("instance")
@@ -30,7 +38,10 @@ def ensure_instance(context: StepContext) -> Outcome:
         token = client_token(tools.fleet_id, node.id, node.launch_generation)
         if not context.intend_launch(token):
             return Wait(tools.settings.poll_seconds, "the row moved on before the launch")
-        instance = tools.cloud.launch(node)
+        try:
+            instance = tools.cloud.launch(node)
+        except ClientError as exc:
+            return _refused(context, exc)
         context.launched(token, instance.id)
         if not context.record(NodeFacts(instance_id=instance.id)):
             return _hand_over(context, instance)
@@ -41,6 +52,21 @@ def ensure_instance(context: StepContext) -> Outcome:
         return Wait(tools.settings.poll_seconds, f"instance {instance.id} is {instance.state}")
     context.record(NodeFacts(address=address))
     return Done()
+
+
+def _refused(context: StepContext, exc: ClientError) -> Outcome:
+    """EC2 refused the launch. What can pass on its own (capacity, the account's quota)
+    waits without counting an attempt; what never can (a bad AMI, a missing permission,
+    a bad parameter) holds at once with AWS's words; anything else is retried."""
+    error = classify(exc)
+    if error is None or error.kind == "gone":
+        raise exc
+    if error.kind == "permanent":
+        raise HoldNode(f"launch refused: {error}")
+    LAUNCH_PAUSES.labels(error.kind).inc()
+    log.warning("launches paused", node_id=context.node.id, kind=error.kind, code=error.code)
+    pause = context.tools.settings.ec2_pause_seconds * PAUSE_FACTOR[error.kind]
+    return Wait(pause, f"launches paused: {error.kind}: {error}")
 
 
 def _hand_over(context: StepContext, instance: Instance) -> Outcome:
