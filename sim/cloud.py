@@ -80,7 +80,8 @@ class SimSettings:
     network: str = "regtest"  # the image's network (/etc/rln/node.env until the agent sets it)
     chain: ChainWorld = field(default_factory=sim_chains)
     disk_dir: Path | None = None  # each host's disk is a directory here (default: scratch)
-    image_version: str = "0.9.0"
+    # The release the image comes with; None: none (the golden image bakes none in).
+    image_version: str | None = "0.9.0"
     poll_seconds: float = 0.2
     throttle_rate: float = 0.0
     launch_delay_seconds: float = 0.0  # every RunInstances in flight this long

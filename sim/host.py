@@ -57,7 +57,7 @@ class SimHost:
         address: str,
         ports: HostPorts,
         network: str,
-        version: str,
+        version: str | None,
         client_key: asyncssh.SSHKey,
         fetch: Fetch,
         upload: Upload,
@@ -133,6 +133,8 @@ class SimHost:
             return "already running"
         if self.root_key is None:
             raise AgentError("no root public key set: run set-root-key first")
+        if self.version is None:
+            raise AgentError("no release installed: run install first")
         if self.faults.exits_at_once is not None:
             raise AgentError(
                 f"rgb-lightning-node did not stay up after start: {self.faults.exits_at_once}"
@@ -173,7 +175,8 @@ class SimHost:
 
     async def status(self) -> str:
         state = "running" if self.daemon is not None else "stopped"
-        return f"state={state} version={self.version} root_key={self.root_key or 'none'}"
+        version = self.version or "none"
+        return f"state={state} version={version} root_key={self.root_key or 'none'}"
 
     async def install(self, version: str, url: str, sha256: str) -> str:
         self._maybe_fail("install")

@@ -227,16 +227,31 @@ def dispatcher(dispatcher_config: FleetSettings) -> Iterator[Dispatcher]:
     thread.join(timeout=10)
 
 
-def add_nodes(db_url: str, names: list[str], state: str = "instance") -> list[int]:
+def add_nodes(
+    db_url: str, names: list[str], state: str = "instance", network: str = "regtest"
+) -> list[int]:
     with psycopg.connect(db_url, autocommit=True) as connection:
         return [
             int(connection.execute(
                 "INSERT INTO nodes (name, owner, region, instance_type, network, state)"
-                " VALUES (%s, 'tester', 'eu-west-1', 't3.small', 'regtest', %s) RETURNING id",
-                (name, state),
+                " VALUES (%s, 'tester', 'eu-west-1', 't3.small', %s, %s) RETURNING id",
+                (name, network, state),
             ).fetchone()[0])  # type: ignore[index]
             for name in names
         ]  # fmt: skip
+
+
+def held_with(db_url: str, node_id: int, timeout: float = 60) -> tuple[str, int]:
+    """Wait until the node is held: the error it was held with, and its attempts then."""
+    wait_until(
+        lambda: fetch(db_url, "SELECT held FROM nodes WHERE id = %s", node_id) == [(True,)],
+        timeout,
+        f"node {node_id} is held",
+    )
+    [(error, attempts)] = fetch(
+        db_url, "SELECT last_error, attempts FROM nodes WHERE id = %s", node_id
+    )
+    return str(error), int(attempts)
 
 
 def fetch(db_url: str, sql: str, *params: object) -> list[tuple[Any, ...]]:

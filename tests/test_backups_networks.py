@@ -7,11 +7,10 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-import psycopg
 import pytest
 from pydantic import ValidationError
 
-from tests.conftest import fetch, wait_until
+from tests.conftest import add_nodes, fetch, held_with
 from tests.simulation import BACKUP_BUCKET, Simulation, env_for
 from tests.test_lifecycle import reach, request
 from worker.dispatcher import Dispatcher
@@ -19,30 +18,6 @@ from worker.settings import FleetSettings
 
 StartWorker = Callable[..., subprocess.Popen[bytes]]
 Fleet = Callable[..., subprocess.CompletedProcess[str]]
-
-
-def add_node(db_url: str, name: str, network: str = "regtest") -> int:
-    with psycopg.connect(db_url, autocommit=True) as app:
-        row = app.execute(
-            "INSERT INTO nodes (name, owner, region, instance_type, network, state)"
-            " VALUES (%s, 'tester', 'eu-west-1', 't3.small', %s, 'instance') RETURNING id",
-            (name, network),
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def held_with(db_url: str, node_id: int, timeout: float = 60) -> tuple[str, int]:
-    """The error a node was held with, and its attempts then."""
-
-    def held() -> bool:
-        return bool(fetch(db_url, "SELECT held FROM nodes WHERE id = %s", node_id)[0][0])
-
-    wait_until(held, timeout, f"node {node_id} is held")
-    [(error, attempts)] = fetch(
-        db_url, "SELECT last_error, attempts FROM nodes WHERE id = %s", node_id
-    )
-    return str(error), int(attempts)
 
 
 def stored_backups(simulation: Simulation) -> dict[str, tuple[int, str]]:
@@ -58,7 +33,7 @@ def stored_backups(simulation: Simulation) -> dict[str, tuple[int, str]]:
 def test_a_backup_stays_the_same_size_over_ten_stop_start_cycles(
     simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
 ) -> None:
-    node_id = add_node(db_url, "cycler")
+    node_id = add_nodes(db_url, ["cycler"])[0]
     start_worker(env=simulation.env)
     reach(db_url, [node_id], "live")
     host = simulation.host(node_id)
@@ -83,7 +58,7 @@ def test_fleet_node_backups_lists_key_size_and_checksum(
     start_worker: StartWorker,
     operator_env: dict[str, str],
 ) -> None:
-    node_id = add_node(db_url, "listed")
+    node_id = add_nodes(db_url, ["listed"])[0]
     start_worker(env=simulation.env)
     reach(db_url, [node_id], "live")
     request(db_url, [node_id], "stop")
@@ -105,7 +80,7 @@ def test_a_mainnet_node_on_a_testnet_image_runs_mainnet(
     simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
 ) -> None:
     simulation.cloud.settings.network = "testnet"  # the image's /etc/rln/node.env
-    node_id = add_node(db_url, "main-node", "mainnet")
+    node_id = add_nodes(db_url, ["main-node"], network="mainnet")[0]
     start_worker(env=simulation.env)
     reach(db_url, [node_id], "live")
     host = simulation.host(node_id)
@@ -129,7 +104,7 @@ def test_a_mainnet_node_on_a_testnet_image_that_ignores_the_network_is_held(
     if mislabelled:
         chain = dict(settings.chain) | {"mainnet": settings.chain["testnet"]}
         settings = settings.model_copy(update={"chain": chain})
-    node_id = add_node(db_url, "wrong-net", "mainnet")
+    node_id = add_nodes(db_url, ["wrong-net"], network="mainnet")[0]
     start_worker(env=env_for(settings, simulation.cloud.moto.credentials))
     error, attempts = held_with(db_url, node_id)
     if mislabelled:
@@ -166,7 +141,7 @@ def test_a_chain_backend_error_holds_the_node_at_once_with_its_cause(
     chain = dict(simulation.settings.chain)
     chain["regtest"] = chain["regtest"].model_copy(update=broken)
     settings = simulation.settings.model_copy(update={"chain": chain})
-    node_id = add_node(db_url, "chainless")
+    node_id = add_nodes(db_url, ["chainless"])[0]
     start_worker(env=env_for(settings, simulation.cloud.moto.credentials))
     error, attempts = held_with(db_url, node_id)
     assert error.startswith(f"chain backend for regtest: {cause}"), error
@@ -212,7 +187,7 @@ def test_chain_backends_are_checked_for_shape_at_startup(
 def test_an_upload_s3_does_not_hold_whole_keeps_the_hosts_copy(
     simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
 ) -> None:
-    node_id = add_node(db_url, "lossy")
+    node_id = add_nodes(db_url, ["lossy"])[0]
     start_worker(env=simulation.env)
     reach(db_url, [node_id], "live")
     host = simulation.host(node_id)

@@ -7,9 +7,8 @@ import psycopg
 import pytest
 
 from jobs.ec2_errors import classify
-from tests.conftest import add_nodes, fetch, wait_until
+from tests.conftest import add_nodes, fetch, held_with, wait_until
 from tests.simulation import Simulation
-from tests.test_host_faults import held_with
 from tests.test_lifecycle import reach, request
 from tests.test_step_faults import StartWorker
 from worker.dispatcher import Dispatcher

@@ -5,23 +5,11 @@ from pathlib import Path
 
 import psycopg
 
-from tests.conftest import add_nodes, fetch, wait_until
+from tests.conftest import add_nodes, fetch, held_with, wait_until
 from tests.simulation import RELEASE, Simulation, release_sha256, write_ssh_key
 from tests.test_lifecycle import reach, request
 from tests.test_step_faults import StartWorker
 from worker.dispatcher import Dispatcher
-
-
-def held_with(db_url: str, node_id: int, timeout: float = 30) -> tuple[str, int]:
-    """Wait until the node is held; its error and the attempts it took."""
-    wait_until(
-        lambda: fetch(db_url, "SELECT held FROM nodes WHERE id = %s", node_id) == [(True,)],
-        timeout,
-        f"node {node_id} is held",
-    )
-    [(error, attempts)] = fetch(db_url, "SELECT last_error, attempts FROM nodes WHERE id = %s",
-                                node_id)  # fmt: skip
-    return str(error), int(attempts)
 
 
 def test_a_refused_ssh_key_holds_within_one_attempt(
@@ -98,3 +86,24 @@ def test_a_daemon_that_exits_at_once_fails_its_start_with_the_log_line(
     )
     simulation.cloud.settings.faults.exits_at_once = None
     reach(db_url, [node_id], "live")
+
+
+def test_a_host_without_a_release_gets_the_nodes_own_on_its_first_start(
+    simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
+) -> None:
+    """The golden image bakes no release in (deploy/host/README.md)."""
+    simulation.cloud.settings.image_version = None
+    with psycopg.connect(db_url, autocommit=True) as app:
+        app.execute(
+            "INSERT INTO releases (version, artifact_url, sha256) VALUES (%s, %s, %s)",
+            (RELEASE, f"s3://releases/rln-{RELEASE}.tar.gz", release_sha256()),
+        )
+        [(node_id,)] = app.execute(
+            "INSERT INTO nodes (name, owner, region, instance_type, network, current_version,"
+            " state) VALUES ('bare', 'tester', 'eu-west-1', 't3.small', 'regtest', %s,"
+            " 'instance') RETURNING id",
+            (RELEASE,),
+        ).fetchall()
+    start_worker(env=simulation.env)
+    reach(db_url, [node_id], "live")
+    assert simulation.host(node_id).version == RELEASE

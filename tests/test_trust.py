@@ -16,22 +16,13 @@ import pytest
 import redis
 
 from sim.services import Services
-from tests.conftest import add_nodes, fetch, fleet_database, role_url, wait_until
+from tests.conftest import add_nodes, fetch, fleet_database, held_with, role_url
 from tests.simulation import Simulation
 from tests.test_lifecycle import reach, request
 from worker.dispatcher import Dispatcher
 from worker.settings import FleetSettings
 
 StartWorker = Callable[..., subprocess.Popen[bytes]]
-
-
-def held_with(db_url: str, node_id: int) -> str:
-    def held() -> bool:
-        return fetch(db_url, "SELECT held FROM nodes WHERE id = %s", node_id) == [(True,)]
-
-    wait_until(held, 30, f"node {node_id} is held")
-    [(error,)] = fetch(db_url, "SELECT last_error FROM nodes WHERE id = %s", node_id)
-    return str(error)
 
 
 @pytest.mark.parametrize("clear_pin", [False, True])
@@ -55,7 +46,7 @@ def test_a_row_pointed_at_another_host_sends_it_nothing(
         )
     request(db_url, [victim], "wallet")  # what an app asks after a restart
 
-    error = held_with(db_url, victim)
+    error, _ = held_with(db_url, victim)
     assert "nothing was sent" in error or "man in the middle" in error, error
     assert (trap.disk.unlock_calls, trap.disk.init_calls, trap.commands) == calls_before
     [(state, attempts)] = fetch(db_url, "SELECT state, attempts FROM nodes WHERE id = %s", victim)
@@ -74,7 +65,7 @@ def test_a_missing_mnemonic_of_an_initialised_wallet_holds_the_node(
         )
     request(db_url, [node_id], "wallet")
 
-    error = held_with(db_url, node_id)
+    error, _ = held_with(db_url, node_id)
     assert "the fleet no longer holds the mnemonic that recovers this wallet" in error
     kinds = fetch(db_url, "SELECT kind FROM node_secrets WHERE node_id = %s ORDER BY 1", node_id)
     assert kinds == [("api_root_key",), ("wallet_password",)]  # no new mnemonic
