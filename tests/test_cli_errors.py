@@ -234,3 +234,19 @@ def test_reveal_prints_nothing_with_a_wrong_key_under_the_right_id(vault: Vault)
     assert result.stdout == ""
     assert_one_error(result, 1, "wallet_password does not open with key 'k1'")
     assert vault.key.split(":")[1] not in result.stderr
+
+
+USAGE_ERRORS: list[tuple[Args, str]] = [
+    (("node", "show"), "Missing argument 'name'. (see fleet node show --help)"),
+    (("node", "create", "a", "--bogus"), "No such option: --bogus (see fleet node create --help)"),
+    (("nonsense",), "No such command 'nonsense'. (see fleet --help)"),
+    (("api", "--port", "many"), "Invalid value for '--port'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), USAGE_ERRORS)
+def test_a_usage_error_is_one_line_too(
+    role_env: dict[str, dict[str, str]], args: Args, message: str
+) -> None:
+    """typer's own answer is a box of several lines: the fleet says it in one."""
+    assert_one_error(run(role_env["operator"], *args), 2, message)

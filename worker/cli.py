@@ -20,6 +20,9 @@ from rich.table import Table
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
+# typer bundles its own click; its usage errors are these (typer exports Abort, not them).
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
+
 from models import backups, logins, nodes, placement, releases, reseal, secrets
 from models.errors import BadInput
 from models.identity import fleet_id
@@ -555,9 +558,21 @@ def main() -> None:
     if (bad := not_utf8(sys.argv[1:])) is not None:
         fail(Failure(f"argument '{bad}' is not valid UTF-8", BAD_INPUT))
     try:
-        app()
+        # Not standalone: a usage error reaches us to be said in one line, not in typer's
+        # box; a command's typer.Exit comes back as its exit code.
+        code = app(standalone_mode=False, prog_name="fleet")
+    except NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
+        raise SystemExit(BAD_INPUT) from None
+    except UsageError as exc:
+        where = f" (see {exc.ctx.command_path} --help)" if exc.ctx else ""
+        fail(Failure(exc.format_message() + where, BAD_INPUT))
+    except typer.Abort:
+        fail(Failure("aborted", 1))
     except Exception as exc:
         # Only what worker/cli_errors.py knows; anything else is a bug and keeps its traceback.
         if (failure := explain(exc)) is None:
             raise
         fail(failure)
+    if isinstance(code, int) and code != 0:
+        raise SystemExit(code)
