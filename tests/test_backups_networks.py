@@ -30,6 +30,7 @@ def stored_backups(simulation: Simulation) -> dict[str, tuple[int, str]]:
     return found
 
 
+@pytest.mark.slow  # tens of seconds: the second tier (scripts/test)
 def test_a_backup_stays_the_same_size_over_ten_stop_start_cycles(
     simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
 ) -> None:

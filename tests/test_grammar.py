@@ -157,6 +157,7 @@ def _cli_verdict(fleet: Fleet, version: str, url: str) -> bool:
     return False
 
 
+@pytest.mark.slow  # tens of seconds: the second tier (scripts/test)
 @pytest.mark.timeout(600)  # one `fleet` process per value
 def test_fleet_release_add_gives_the_same_verdicts(fleet: Fleet) -> None:
     assert verdicts(VERSIONS, lambda v: _cli_verdict(fleet, v, GOOD_URL)) == VERSIONS

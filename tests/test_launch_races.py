@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
+import pytest
 import redis
 from rq import Queue, Worker
 from sqlalchemy import create_engine
@@ -126,6 +127,7 @@ def test_a_launcher_that_lost_the_row_to_destroy_terminates_what_it_launched(
     assert instance_id == str(simulation.instances_of(node_id)[0]["InstanceId"])
 
 
+@pytest.mark.slow  # tens of seconds: the second tier (scripts/test)
 def test_the_launch_is_recorded_before_the_call_and_a_killed_launcher_leaves_one_instance(
     simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
 ) -> None:
@@ -156,6 +158,7 @@ def test_the_launch_is_recorded_before_the_call_and_a_killed_launcher_leaves_one
     assert launches(db_url, node_id)[0][4] == instance["InstanceId"]
 
 
+@pytest.mark.slow  # tens of seconds: the second tier (scripts/test)
 def test_destroy_finds_and_ends_the_launch_of_a_worker_killed_in_flight(
     simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
 ) -> None:
@@ -200,6 +203,7 @@ def test_reconcile_runs_by_default_in_the_dispatcher() -> None:
     assert FleetSettings.model_fields["reconcile_fix_orphans"].default is True
 
 
+@pytest.mark.slow  # tens of seconds: the second tier (scripts/test)
 def test_the_dispatchers_reconcile_ends_our_orphans_and_only_reports_the_rest(
     simulation: Simulation, db_url: str, tmp_path: Path
 ) -> None:

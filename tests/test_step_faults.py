@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
+import pytest
 import redis
 
 from tests.conftest import add_nodes, fetch, wait_until
@@ -35,6 +36,7 @@ def keep_workers_running(
     return deaths
 
 
+@pytest.mark.slow  # tens of seconds: the second tier (scripts/test)
 def test_a_worker_dying_after_each_step_repeats_no_effect(
     simulation: Simulation,
     db_url: str,

@@ -128,6 +128,7 @@ def instance_states(simulation: Simulation) -> dict[str, str]:
     return {str(i["InstanceId"]): i["State"]["Name"] for i in simulation.instances()}  # type: ignore[index]
 
 
+@pytest.mark.slow  # tens of seconds: the second tier (scripts/test)
 def test_two_fleets_in_one_account_never_touch_each_others_instances(
     simulation: Simulation,
     db_url: str,
