@@ -23,7 +23,7 @@ from models.formats import problem
 from models.queries import query
 from models.secrets import Secret
 
-FleetRole = Literal["app", "reader", "api", "worker", "dispatcher", "operator"]
+FleetRole = Literal["app", "reader", "api", "worker", "dispatcher", "operator", "watch"]
 FLEET_ROLES: Final[tuple[FleetRole, ...]] = get_args(FleetRole)
 # Roles whose logins may be bound to one owner (row-level security).
 OWNER_BOUND: Final = ("app", "reader")

@@ -47,7 +47,7 @@ class EdgeRow(Base):
 
     from_state: Mapped[str] = mapped_column(Text, ForeignKey("node_states.state"), primary_key=True)
     to_state: Mapped[str] = mapped_column(Text, ForeignKey("node_states.state"), primary_key=True)
-    actor: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(Text, primary_key=True)
 
 
 class NodeRow(Base):
@@ -197,3 +197,19 @@ class FleetLoginRow(Base):
     role: Mapped[str] = mapped_column(Text)
     owner: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)
+
+
+class NodeHealthRow(Base):
+    """What the health watch last saw of a node (watch/)."""
+
+    __tablename__ = "node_health"
+
+    node_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("nodes.id"), primary_key=True)
+    status: Mapped[str] = mapped_column(Text)
+    detail: Mapped[str] = mapped_column(Text)
+    since: Mapped[datetime] = mapped_column(Timestamp)
+    last_ok: Mapped[datetime | None] = mapped_column(Timestamp)
+    last_probe: Mapped[datetime] = mapped_column(Timestamp)
+    height: Mapped[int | None] = mapped_column(BigInteger)
+    height_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    probes: Mapped[int] = mapped_column(BigInteger, server_default=BY_DATABASE)

@@ -46,6 +46,9 @@ FORBIDDEN_FOR_APPS = {
     "spend the launch budget": "UPDATE launch_budget SET tokens = 0",
     "replace the fleet id": "UPDATE fleet_identity SET fleet_id = repeat('0', 32)",
     "make a login": "SELECT fleet_create_login('evil', 'worker', NULL, 'x')",
+    "heal a node": "SELECT fleet_heal_node(id, 'wallet', 'x', 9, interval '1h') FROM nodes",
+    "hold a node as the watch": "SELECT fleet_watch_hold(id, 'x') FROM nodes",
+    "forge health": "UPDATE node_health SET status = 'ok'",
     "create a table": "CREATE TABLE shadow (id int)",
 }
 
@@ -255,6 +258,16 @@ def test_a_login_reaches_its_own_database_only(
         ("operator", "DELETE FROM node_secrets"),
         ("operator", "UPDATE nodes SET address = '203.0.113.9'"),
         ("operator", "ALTER TABLE nodes DISABLE TRIGGER ALL"),
+        ("watch", "UPDATE nodes SET state = 'wallet'"),
+        ("watch", "UPDATE nodes SET held_at = NULL"),
+        ("watch", "UPDATE nodes SET address = '203.0.113.9'"),
+        (
+            "watch",
+            "INSERT INTO node_history (node_id, event, to_state, actor, attempt)"
+            " SELECT id, 'heal', 'live', 'x', 0 FROM nodes",
+        ),
+        ("watch", "DELETE FROM node_health"),
+        ("watch", "UPDATE node_secrets SET key_id = 'k2'"),
     ],
 )
 def test_each_process_has_only_what_it_needs(
@@ -418,3 +431,19 @@ def test_a_database_made_by_an_older_version_gets_the_roles(services: Services) 
     finally:
         admin_execute(services.postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin_execute(services.postgres_url, "DROP ROLE IF EXISTS old_app_login")
+
+
+def test_the_watch_reads_only_the_api_root_key(db_url: str, logins: dict[FleetRole, str]) -> None:
+    """It signs read-only probe tokens with the root key; a wallet password or a
+    mnemonic is never within its reach, not even as ciphertext."""
+    node_id = held_live_node(db_url)
+    with psycopg.connect(db_url, autocommit=True) as owner:
+        for kind in ("api_root_key", "mnemonic", "wallet_password"):
+            owner.execute(
+                "INSERT INTO node_secrets (node_id, kind, key_id, nonce, ciphertext)"
+                " VALUES (%s, %s, 'k1', '\\x00', '\\x00') ON CONFLICT DO NOTHING",
+                (node_id, kind),
+            )
+    with psycopg.connect(role_url(db_url, "watch"), autocommit=True) as watch:
+        kinds = watch.execute("SELECT DISTINCT kind FROM node_secrets").fetchall()
+    assert kinds == [("api_root_key",)]

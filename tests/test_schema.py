@@ -26,6 +26,8 @@ APP_EDGES = {("new", "instance"), ("live", "stop"), ("stopped", "start"), ("live
 }  # fmt: skip
 WORKER_EDGES = {("instance", "key"), ("key", "start"), ("start", "wallet"), ("wallet", "live"),
                 ("stop", "stopped"), ("update", "stopped"), ("destroy", "destroyed")}  # fmt: skip
+# The health watch's heals: only from live, only through fleet_heal_node().
+WATCH_EDGES = {("live", "wallet"), ("live", "start"), ("live", "instance")}
 WORKER = "fleet-worker:test:1:abcdef"
 
 
@@ -49,12 +51,14 @@ def put_in_state(connection: psycopg.Connection, name: str, state: str) -> int:
 
 def test_every_pair_of_states(db_url: str, logins: dict[FleetRole, str]) -> None:
     """Each of the 121 pairs, asked by an app (that even names itself like a worker) and,
-    for worker edges, taken by a worker login holding the lease."""
+    for worker edges, taken by a worker login holding the lease; for watch edges, healed
+    by the watch's login through fleet_heal_node, which refuses every other pair."""
     app_url, worker_url = role_url(db_url, "app"), role_url(db_url, "worker")
     with (
         psycopg.connect(db_url, autocommit=True) as owner,
         psycopg.connect(app_url, autocommit=True, application_name=WORKER) as app,
         psycopg.connect(worker_url, autocommit=True, application_name=WORKER) as worker,
+        psycopg.connect(role_url(db_url, "watch"), autocommit=True) as watch,
     ):
         for number, (before, after) in enumerate(itertools.product(ALL_STATES, ALL_STATES)):
             node_id = put_in_state(owner, f"pair-{number}", before)
@@ -64,34 +68,68 @@ def test_every_pair_of_states(db_url: str, logins: dict[FleetRole, str]) -> None
                 (WORKER, node_id),
             )
             history_before = fetch(db_url, "SELECT count(*) FROM node_history")
-            asked = "UPDATE nodes SET state = %s WHERE id = %s"
-            if (before, after) in APP_EDGES or before == after:
-                app.execute(asked, (after, node_id))
-            else:
-                with pytest.raises(psycopg.Error) as refused:
-                    app.execute(asked, (after, node_id))
-                if (before, after) in WORKER_EDGES:
-                    assert refused.value.sqlstate == "FL002"
-                    worker.execute(asked, (after, node_id))
-                else:
-                    assert refused.value.sqlstate == "FL001"
-                    assert f"illegal transition {before} -> {after}" in str(refused.value)
-            allowed = (before, after) in APP_EDGES | WORKER_EDGES
+            taker = _take_pair(owner, app, worker, watch, node_id, before, after)
+            allowed = taker is not None
             state = fetch(db_url, "SELECT state FROM nodes WHERE id = %s", node_id)[0][0]
             assert state == (after if allowed else before), (before, after)
             new_history = fetch(
                 db_url,
-                "SELECT event, from_state, to_state, actor, login FROM node_history"
+                "SELECT event, from_state, to_state, login FROM node_history"
                 " WHERE node_id = %s AND event = 'transition'",
                 node_id,
             )
-            login = _login(worker_url if (before, after) in WORKER_EDGES else app_url)
             # A row's "change" to the state it is in is not a transition: no history.
-            expected = [("transition", before, after, WORKER, login)] if allowed else []
+            expected = [("transition", before, after, _login(taker))] if taker else []
             assert new_history == expected
+            heals = 1 if taker and (before, after) in WATCH_EDGES - APP_EDGES else 0
             assert fetch(db_url, "SELECT count(*) FROM node_history")[0][0] == (
-                history_before[0][0] + (1 if allowed else 0)
+                history_before[0][0] + (1 if allowed else 0) + heals
             )
+
+
+def _take_pair(
+    owner: psycopg.Connection,
+    app: psycopg.Connection,
+    worker: psycopg.Connection,
+    watch: psycopg.Connection,
+    node_id: int,
+    before: str,
+    after: str,
+) -> str | None:
+    """Try the move as each actor; the URL of the login that took it, or None."""
+    asked = "UPDATE nodes SET state = %s WHERE id = %s"
+    heal = "SELECT fleet_heal_node(%s, %s, 'test', 100, interval '1 hour')"
+    if (before, after) in APP_EDGES or before == after:
+        app.execute(asked, (after, node_id))
+        return _url_of(app) if before != after else None
+    with pytest.raises(psycopg.Error) as refused:
+        app.execute(asked, (after, node_id))
+    if (before, after) in WORKER_EDGES:
+        assert refused.value.sqlstate == "FL002"
+        worker.execute(asked, (after, node_id))
+        return _url_of(worker)
+    if (before, after) in WATCH_EDGES:
+        assert refused.value.sqlstate == "FL005"
+        with pytest.raises(psycopg.Error) as by_worker:
+            worker.execute(asked, (after, node_id))
+        assert by_worker.value.sqlstate == "FL005"
+        # A heal never takes a node from a worker that holds it.
+        assert watch.execute(heal, (node_id, after)).fetchone() == (None,)
+        owner.execute("UPDATE nodes SET lease_owner = NULL, lease_expires_at = NULL"
+                      " WHERE id = %s", (node_id,))  # fmt: skip
+        assert watch.execute(heal, (node_id, after)).fetchone() == ("healed",)
+        return _url_of(watch)
+    assert refused.value.sqlstate == "FL001"
+    assert f"illegal transition {before} -> {after}" in str(refused.value)
+    if before == "live":
+        with pytest.raises(psycopg.Error) as healed:
+            watch.execute(heal, (node_id, after))
+        assert healed.value.sqlstate == "FL001"
+    return None
+
+
+def _url_of(connection: psycopg.Connection) -> str:
+    return f"postgresql://{connection.info.user}@/"
 
 
 def _login(url: str) -> str:
@@ -102,6 +140,7 @@ def test_database_edges_are_the_designed_ones(db_url: str) -> None:
     edges = fetch(db_url, "SELECT from_state, to_state, actor FROM node_edges")
     assert {(a, b) for a, b, actor in edges if actor == "app"} == APP_EDGES
     assert {(a, b) for a, b, actor in edges if actor == "worker"} == WORKER_EDGES
+    assert {(a, b) for a, b, actor in edges if actor == "watch"} == WATCH_EDGES
     assert {(a, b) for a, b in WORKER_EDGES} == set(NEXT_STATE.items())
     kinds = dict(fetch(db_url, "SELECT state, kind FROM node_states"))
     assert set(kinds) == set(ALL_STATES)

@@ -41,6 +41,15 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
            AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = session_user)
 $$;
 
+-- Whether this session is the health watch: a watch login made for this database (never
+-- a superuser), as fleet_is_worker() is for workers.
+CREATE OR REPLACE FUNCTION fleet_is_watch() RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+    SELECT fleet_login_role() IS NOT DISTINCT FROM 'watch'
+           AND pg_has_role(session_user, 'fleet_watch', 'MEMBER')
+           AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = session_user)
+$$;
+
 CREATE OR REPLACE FUNCTION nodes_check_insert() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 BEGIN
@@ -100,11 +109,21 @@ BEGIN
     IF NEW.state = OLD.state THEN
         RETURN NEW;
     END IF;
+    -- An edge may be open to several actors (live -> wallet: an app, and the watch): an
+    -- app edge is open to anyone who may write state; the others are checked below.
     SELECT e.actor INTO edge_actor
-    FROM node_edges e WHERE e.from_state = OLD.state AND e.to_state = NEW.state;
+    FROM node_edges e WHERE e.from_state = OLD.state AND e.to_state = NEW.state
+    ORDER BY e.actor <> 'app', e.actor LIMIT 1;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'illegal transition % -> % for node %', OLD.state, NEW.state, OLD.name
             USING ERRCODE = 'FL001';
+    END IF;
+    -- A watch edge is a heal: taken only by the health watch's login (through
+    -- fleet_heal_node, which writes its cause), on a row no worker holds.
+    IF edge_actor = 'watch' AND (OLD.lease_owner IS NOT NULL OR NOT fleet_is_watch()) THEN
+        RAISE EXCEPTION 'transition % -> % for node % is a heal of the health watch, not requested',
+            OLD.state, NEW.state, OLD.name
+            USING ERRCODE = 'FL005';
     END IF;
     -- A worker edge is the end of a step: taken by a fleet_worker login on a row that a
     -- worker has leased (the settle's WHERE names the lease holder). Role membership
@@ -240,7 +259,7 @@ CREATE OR REPLACE FUNCTION fleet_create_login(
     login_name text, fleet_role text, bound_owner text, scram_verifier text
 ) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    IF fleet_role NOT IN ('app', 'reader', 'api', 'worker', 'dispatcher', 'operator') THEN
+    IF fleet_role NOT IN ('app', 'reader', 'api', 'worker', 'dispatcher', 'operator', 'watch') THEN
         RAISE EXCEPTION 'unknown fleet role %', fleet_role USING ERRCODE = 'FL010';
     END IF;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = login_name) THEN
@@ -268,5 +287,65 @@ BEGIN
     END IF;
     EXECUTE format('DROP OWNED BY %I', login_name);
     EXECUTE format('DROP ROLE %I', login_name);
+END
+$$;
+
+-- The health watch heals a live node by moving it along one of its edges (live -> wallet,
+-- start or instance), and the heal's cause goes into the history with it. A node healed
+-- flap_limit times within flap_window (since an operator last released it) is held as
+-- flapping instead, with the causes seen: healing it again would hide a fault. Only a
+-- live node that nobody holds or leases is touched; NULL when there was none.
+CREATE OR REPLACE FUNCTION fleet_heal_node(
+    target bigint, heal_to text, cause text, flap_limit integer, flap_window interval
+) RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    recent integer;
+    causes text;
+BEGIN
+    IF NOT fleet_is_watch() THEN
+        RAISE EXCEPTION 'only the health watch heals nodes' USING ERRCODE = 'FL005';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM node_edges
+                   WHERE from_state = 'live' AND to_state = heal_to AND actor = 'watch') THEN
+        RAISE EXCEPTION 'no heal leads from live to %', heal_to USING ERRCODE = 'FL001';
+    END IF;
+    PERFORM 1 FROM nodes
+    WHERE id = target AND state = 'live' AND held_at IS NULL AND lease_owner IS NULL
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    SELECT count(*), string_agg(h.detail, '; ' ORDER BY h.id) INTO recent, causes
+    FROM node_history h
+    WHERE h.node_id = target AND h.event = 'heal' AND h.at > clock_timestamp() - flap_window
+      AND h.id > coalesce((SELECT max(r.id) FROM node_history r
+                           WHERE r.node_id = target AND r.event = 'release'), 0);
+    IF recent >= flap_limit THEN
+        UPDATE nodes
+        SET held_at = now(),
+            last_error = left(format('flapping: healed %s times within %s (%s); now: %s',
+                                     recent, flap_window, causes, cause), 1000)
+        WHERE id = target;
+        RETURN 'held';
+    END IF;
+    UPDATE nodes SET state = heal_to WHERE id = target;
+    INSERT INTO node_history (node_id, event, from_state, to_state, actor, login, attempt, detail)
+    VALUES (target, 'heal', 'live', heal_to, fleet_actor(), session_user, 0, left(cause, 1000));
+    RETURN 'healed';
+END
+$$;
+
+-- The health watch holds a live node it must not heal (another pubkey or network, an
+-- instance gone, a host unreachable too long), with the cause. True when it held one.
+CREATE OR REPLACE FUNCTION fleet_watch_hold(target bigint, cause text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+BEGIN
+    IF NOT fleet_is_watch() THEN
+        RAISE EXCEPTION 'only the health watch holds live nodes' USING ERRCODE = 'FL005';
+    END IF;
+    UPDATE nodes SET held_at = now(), last_error = left(cause, 1000)
+    WHERE id = target AND state = 'live' AND held_at IS NULL AND lease_owner IS NULL;
+    RETURN FOUND;
 END
 $$;

@@ -11,7 +11,7 @@ DECLARE
     fleet_role text;
 BEGIN
     FOREACH fleet_role IN ARRAY ARRAY['fleet_app', 'fleet_api', 'fleet_reader', 'fleet_worker',
-                                      'fleet_dispatcher', 'fleet_operator'] LOOP
+                                      'fleet_dispatcher', 'fleet_operator', 'fleet_watch'] LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = fleet_role) THEN
             BEGIN
                 EXECUTE format('CREATE ROLE %I NOLOGIN', fleet_role);
@@ -27,21 +27,26 @@ $$;
 
 -- Start from nothing, so that re-applying this file also takes back what it no longer grants.
 REVOKE ALL ON ALL TABLES IN SCHEMA public
-    FROM PUBLIC, fleet_app, fleet_api, fleet_reader, fleet_worker, fleet_dispatcher, fleet_operator;
+    FROM PUBLIC, fleet_app, fleet_api, fleet_reader, fleet_worker, fleet_dispatcher, fleet_operator,
+         fleet_watch;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA public
-    FROM PUBLIC, fleet_app, fleet_api, fleet_reader, fleet_worker, fleet_dispatcher, fleet_operator;
+    FROM PUBLIC, fleet_app, fleet_api, fleet_reader, fleet_worker, fleet_dispatcher, fleet_operator,
+         fleet_watch;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA public
-    FROM PUBLIC, fleet_app, fleet_api, fleet_reader, fleet_worker, fleet_dispatcher, fleet_operator;
+    FROM PUBLIC, fleet_app, fleet_api, fleet_reader, fleet_worker, fleet_dispatcher, fleet_operator,
+         fleet_watch;
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 GRANT USAGE ON SCHEMA public
-    TO fleet_app, fleet_api, fleet_reader, fleet_worker, fleet_dispatcher, fleet_operator;
+    TO fleet_app, fleet_api, fleet_reader, fleet_worker, fleet_dispatcher, fleet_operator,
+       fleet_watch;
 
 -- Reading: every role sees the lifecycle, the releases, the schema version and the fleet's
 -- id. No column of nodes is a secret, so whoever may see a node sees all of it;
 -- node_secrets is read by workers and operators only (not even ciphertext for anyone else).
 GRANT SELECT ON node_states, node_edges, releases, alembic_version, fleet_identity,
-                nodes, node_history, fleet_status, fleet_nodes
-    TO fleet_app, fleet_api, fleet_reader, fleet_worker, fleet_dispatcher, fleet_operator;
+                nodes, node_history, fleet_status, fleet_nodes, node_health, fleet_health
+    TO fleet_app, fleet_api, fleet_reader, fleet_worker, fleet_dispatcher, fleet_operator,
+       fleet_watch;
 
 -- Apps (and the API, and an operator at the CLI) ask for nodes and moves: the request
 -- columns on INSERT, the state and the target version on UPDATE, a retry through
@@ -50,8 +55,10 @@ GRANT INSERT (name, owner, region, instance_type, network, current_version, stat
     ON nodes TO fleet_app, fleet_api, fleet_operator;
 GRANT UPDATE (state, target_version) ON nodes TO fleet_app, fleet_api, fleet_operator;
 GRANT EXECUTE ON FUNCTION fleet_retry_node(text) TO fleet_app, fleet_api, fleet_operator;
-GRANT EXECUTE ON FUNCTION fleet_actor(), fleet_login_role(), fleet_login_owner(), fleet_is_worker()
-    TO fleet_app, fleet_api, fleet_reader, fleet_worker, fleet_dispatcher, fleet_operator;
+GRANT EXECUTE ON FUNCTION fleet_actor(), fleet_login_role(), fleet_login_owner(), fleet_is_worker(),
+                          fleet_is_watch()
+    TO fleet_app, fleet_api, fleet_reader, fleet_worker, fleet_dispatcher, fleet_operator,
+       fleet_watch;
 
 -- The API remembers the first answer to each Idempotency-Key.
 GRANT SELECT, INSERT, DELETE ON api_idempotency_keys TO fleet_api;
@@ -80,6 +87,15 @@ GRANT SELECT ON node_launches TO fleet_dispatcher, fleet_operator;
 GRANT UPDATE (lease_owner, lease_expires_at, attempts, last_error, held_at, next_attempt_at)
     ON nodes TO fleet_dispatcher;
 
+-- The health watch: records what it saw, heals and holds live nodes through its two
+-- functions (it may write no column of nodes itself), and reads the API root key only,
+-- to sign read-only tokens for its probes: never a wallet password or a mnemonic.
+GRANT INSERT, UPDATE ON node_health TO fleet_watch;
+GRANT SELECT ON node_secrets TO fleet_watch;
+GRANT EXECUTE ON FUNCTION fleet_heal_node(bigint, text, text, integer, interval),
+                          fleet_watch_hold(bigint, text)
+    TO fleet_watch;
+
 -- Row-level security, failing closed: a row is visible only to a login made for this
 -- database (fleet_logins; a login of another fleet's database has the same group roles
 -- but no row here), the fleet's processes see every row, and an app or reader login bound
@@ -89,10 +105,11 @@ ALTER TABLE nodes ENABLE ROW LEVEL SECURITY;
 ALTER TABLE node_history ENABLE ROW LEVEL SECURITY;
 ALTER TABLE node_secrets ENABLE ROW LEVEL SECURITY;
 ALTER TABLE node_launches ENABLE ROW LEVEL SECURITY;
+ALTER TABLE node_health ENABLE ROW LEVEL SECURITY;
 
 DROP POLICY IF EXISTS nodes_fleet_wide ON nodes;
 CREATE POLICY nodes_fleet_wide ON nodes
-    TO fleet_api, fleet_worker, fleet_dispatcher, fleet_operator
+    TO fleet_api, fleet_worker, fleet_dispatcher, fleet_operator, fleet_watch
     USING ((SELECT fleet_login_role()) IS NOT NULL)
     WITH CHECK ((SELECT fleet_login_role()) IS NOT NULL);
 DROP POLICY IF EXISTS nodes_of_owner ON nodes;
@@ -106,7 +123,7 @@ CREATE POLICY nodes_of_owner ON nodes
 
 DROP POLICY IF EXISTS history_fleet_wide ON node_history;
 CREATE POLICY history_fleet_wide ON node_history
-    TO fleet_api, fleet_worker, fleet_dispatcher, fleet_operator
+    TO fleet_api, fleet_worker, fleet_dispatcher, fleet_operator, fleet_watch
     USING ((SELECT fleet_login_role()) IS NOT NULL)
     WITH CHECK ((SELECT fleet_login_role()) IS NOT NULL);
 DROP POLICY IF EXISTS history_of_owner ON node_history;
@@ -126,3 +143,18 @@ CREATE POLICY launches_of_this_fleet ON node_launches
     TO fleet_worker, fleet_dispatcher, fleet_operator
     USING ((SELECT fleet_login_role()) IS NOT NULL)
     WITH CHECK ((SELECT fleet_login_role()) IN ('worker'));
+
+DROP POLICY IF EXISTS secrets_for_the_watch ON node_secrets;
+CREATE POLICY secrets_for_the_watch ON node_secrets
+    TO fleet_watch
+    USING ((SELECT fleet_login_role()) = 'watch' AND kind = 'api_root_key');
+
+DROP POLICY IF EXISTS health_fleet_wide ON node_health;
+CREATE POLICY health_fleet_wide ON node_health
+    TO fleet_api, fleet_worker, fleet_dispatcher, fleet_operator, fleet_watch
+    USING ((SELECT fleet_login_role()) IS NOT NULL)
+    WITH CHECK ((SELECT fleet_login_role()) = 'watch');
+DROP POLICY IF EXISTS health_of_owner ON node_health;
+CREATE POLICY health_of_owner ON node_health
+    TO fleet_app, fleet_reader
+    USING (node_id IN (SELECT id FROM nodes));
