@@ -42,6 +42,10 @@ QueryName = Literal[
     "made_login",
     "session_login",
     "fleet_id",
+    "watch_nodes",
+    "record_probe",
+    "heal_node",
+    "watch_hold",
 ]
 
 

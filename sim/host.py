@@ -111,6 +111,16 @@ class SimHost:
         if was_running:
             await self.start()
 
+    async def crash(self) -> None:
+        """The daemon dies and stays down (an OOM kill systemd gave up restarting, a
+        crash loop): SSH still answers, the agent says stopped, the API port is closed."""
+        await self._stop_daemon()
+
+    def replace_wallet(self, mnemonic: str) -> None:
+        """Another node's wallet on this host (a swapped disk, a hijacked host): the running
+        daemon answers with that node's pubkey from now on."""
+        self.disk.mnemonic = mnemonic
+
     async def change_host_key(self) -> None:
         """The host shows another SSH key from now on (rebuilt, or a man in the middle)."""
         self.host_key = asyncssh.generate_private_key("ssh-ed25519")

@@ -498,6 +498,20 @@ def dispatcher() -> None:
     Dispatcher(config, Redis.from_url(config.redis_url)).run(stop)
 
 
+@app.command("watch")
+def watch() -> None:
+    """Probe every live node and heal what is safe to heal, until SIGTERM or Ctrl-C."""
+    from watch.main import run_watch
+    from worker.identity import process_name
+    from worker.metrics import serve_metrics
+
+    config = settings()
+    configure_logging(config)
+    require_login("watch", "health watch")
+    serve_metrics(config.watch_metrics_port)
+    run_watch(config, engine_for(config.database_url, process_name("watch")), configured_key_ring())
+
+
 @app.command("api")
 def api(
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",

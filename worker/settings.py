@@ -6,9 +6,9 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field
 
-from jobs.config import StepSettings
 from models.formats import Network
 from models.session import DatabaseUrl
+from watch.settings import WatchSettings
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -29,8 +29,9 @@ def check_redis_url(redis_url: str) -> str:
     return redis_url
 
 
-class FleetSettings(StepSettings):
-    """Everything: the steps' settings (jobs/config.py) and the runtime's."""
+class FleetSettings(WatchSettings):
+    """Everything: the steps' settings (jobs/config.py), the watch's (watch/settings.py)
+    and the runtime's."""
 
     # The schema owner's URL, for `fleet db upgrade` and `fleet db create-login` (the only
     # commands that need it); unset, they use database_url.

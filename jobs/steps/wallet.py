@@ -110,8 +110,23 @@ def _unlock(context: StepContext, api: NodeApi, password: Secret, mnemonic: Secr
             return
         if exc.name != "NotInitialized":
             raise
+    _refuse_init_of_a_wallet_that_ran(context)
     _init(context, api, password, mnemonic)
     _unlock_once(context, api, password, chain)
+
+
+def _refuse_init_of_a_wallet_that_ran(context: StepContext) -> None:
+    """A node that ran (its pubkey is recorded) whose daemon now says NotInitialized lost
+    its storage dir: /init from the mnemonic would bring back the on-chain funds but not
+    the channels' state, which only a backup can (or which a peer can punish). Never done
+    silently: by a heal of the watch least of all."""
+    node = context.node
+    if node.node_pubkey is not None:
+        raise HoldNode(
+            f"the wallet of node {node.name} is gone from its host (NotInitialized) although"
+            f" it ran as {node.node_pubkey[:16]}...: not initialised again; restore it from a"
+            " backup taken while it was locked"
+        )
 
 
 def _unlock_once(context: StepContext, api: NodeApi, password: Secret, chain: ChainBackend) -> None:

@@ -1,0 +1,1 @@
+SELECT fleet_watch_hold(:node_id, :cause) AS held

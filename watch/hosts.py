@@ -1,0 +1,172 @@
+"""The watch's way to a node: one SSH connection per node, kept open between probes
+(asyncssh), that must show the node's pinned host key. Through it, the node API at the
+host's own 127.0.0.1 (a direct-tcpip channel, HTTP/1.1 with keep-alive) and the host
+agent's `status`. Reusing the connection is what keeps a probe cheap: a new SSH
+handshake per probe would cost more CPU than everything else in it."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import h11
+
+from jobs.host import AGENT, HostStatus
+
+HOST_LOOPBACK = "127.0.0.1"
+MAX_BODY = 1 << 20
+
+
+class HostKeyChanged(Exception):
+    """The host showed another SSH key than the pinned one: nothing was sent."""
+
+
+class KeyRefused(Exception):
+    """The host does not accept the fleet's SSH key."""
+
+
+class NoSession(Exception):
+    """No SSH session (refused, timed out, reset)."""
+
+
+class ApiClosed(Exception):
+    """SSH answers, but nothing listens on the node API's port."""
+
+
+@dataclass(frozen=True)
+class ApiAnswer:
+    status: int
+    body: dict[str, Any]
+
+    @property
+    def error_name(self) -> str:
+        return str(self.body.get("name", ""))
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one node's host is and the key it must show."""
+
+    address: str
+    pinned_key: str
+
+
+class HostConnections:
+    """Open SSH connections by node id, each checked against its pin when made."""
+
+    def __init__(self, user: str, port: int, key_path: str, api_port: int) -> None:
+        self._user, self._port, self._api_port = user, port, api_port
+        self._key = asyncssh.read_private_key(Path(key_path).expanduser())
+        self._open: dict[int, tuple[Target, asyncssh.SSHClientConnection]] = {}
+
+    async def get(self, node_id: int, target: Target) -> asyncssh.SSHClientConnection:
+        known = self._open.get(node_id)
+        if known is not None and known[0] == target and not _closed(known[1]):
+            return known[1]
+        await self.drop(node_id)
+        connection = await self._connect(target)
+        self._open[node_id] = (target, connection)
+        return connection
+
+    async def drop(self, node_id: int) -> None:
+        known = self._open.pop(node_id, None)
+        if known is not None:
+            known[1].close()
+
+    async def keep_only(self, node_ids: set[int]) -> None:
+        for node_id in set(self._open) - node_ids:
+            await self.drop(node_id)
+
+    async def close(self) -> None:
+        await self.keep_only(set())
+
+    async def api_get(
+        self, connection: asyncssh.SSHClientConnection, paths: list[str], tokens: list[str]
+    ) -> list[ApiAnswer]:
+        """GET each path in turn over one channel to the daemon (keep-alive)."""
+        try:
+            reader, writer = await connection.open_connection(HOST_LOOPBACK, self._api_port)
+        except asyncssh.ChannelOpenError as exc:
+            raise ApiClosed(
+                f"node API port {self._api_port} closed on the host: {exc.reason}"
+            ) from None
+        try:
+            http = h11.Connection(h11.CLIENT)
+            answers: list[ApiAnswer] = []
+            for path, token in zip(paths, tokens, strict=True):
+                if answers:
+                    http.start_next_cycle()
+                answers.append(await _get(http, reader, writer, path, token))
+            return answers
+        finally:
+            writer.close()
+
+    async def agent_status(self, connection: asyncssh.SSHClientConnection) -> HostStatus:
+        result = await connection.run(f"sudo {AGENT} status", check=False)
+        line = str(result.stdout or "").strip()
+        if result.exit_status != 0:
+            raise ValueError(f"host agent status failed: {str(result.stderr or '')[:120]!r}")
+        return HostStatus.parse(line.splitlines()[-1] if line else "")
+
+    async def _connect(self, target: Target) -> asyncssh.SSHClientConnection:
+        try:
+            pinned = asyncssh.import_public_key(target.pinned_key)
+            return await asyncssh.connect(
+                target.address,
+                port=self._port,
+                username=self._user,
+                client_keys=[self._key],
+                known_hosts=([pinned], [], []),
+                agent_path=None,
+                config=[],
+            )
+        except asyncssh.HostKeyNotVerifiable:
+            raise HostKeyChanged(
+                f"SSH host key of {target.address} changed since it was pinned: nothing was sent"
+            ) from None
+        except asyncssh.PermissionDenied:
+            raise KeyRefused(f"SSH key refused by {target.address}") from None
+        except (TimeoutError, OSError, asyncssh.Error) as exc:
+            raise NoSession(f"no SSH session with {target.address}: {_said(exc)}") from None
+
+
+async def _get(
+    http: h11.Connection,
+    reader: asyncssh.SSHReader[bytes],
+    writer: asyncssh.SSHWriter[bytes],
+    path: str,
+    token: str,
+) -> ApiAnswer:
+    headers = [("Host", HOST_LOOPBACK), ("Authorization", f"Bearer {token}")]
+    writer.write(http.send(h11.Request(method="GET", target=path, headers=headers)) or b"")
+    writer.write(http.send(h11.EndOfMessage()) or b"")
+    status, body = 0, bytearray()
+    while True:
+        event = http.next_event()
+        if event is h11.NEED_DATA:
+            chunk = await reader.read(65536)
+            http.receive_data(chunk)
+            if not chunk and http.their_state is h11.CLOSED:
+                break
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > MAX_BODY:
+                raise ValueError(f"{path}: answer over {MAX_BODY} bytes")
+        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+            break
+    try:
+        parsed = json.loads(body) if body else {}
+    except ValueError:
+        raise ValueError(f"{path}: answer is not JSON (HTTP {status})") from None
+    return ApiAnswer(status, parsed if isinstance(parsed, dict) else {})
+
+
+def _closed(connection: asyncssh.SSHClientConnection) -> bool:
+    return connection.is_closed()
+
+
+def _said(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
