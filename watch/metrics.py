@@ -32,8 +32,8 @@ def _prime() -> None:
         LIVE_BY_HEALTH.labels(status)
     for cause in HEAL_EDGES:
         HEALS.labels(cause)
-    for cause in ("flapping", "wrong_pubkey", "wrong_network", "instance_gone", "unreachable"):
-        HOLDS.labels(cause)
+    for held in ("flapping", "wrong_pubkey", "wrong_network", "instance_gone", "unreachable"):
+        HOLDS.labels(held)
 
 
 _prime()
