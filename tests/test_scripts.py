@@ -97,10 +97,10 @@ def test_setup_updates_the_package_lists_before_installing(tmp_path: Path) -> No
     assert len(calls) == 2, calls
     assert calls[0].startswith("update")
     assert calls[1].startswith("install")
-    assert set(calls[1].split()) >= {"shellcheck", "docker-compose", "cloud-init"}
+    assert set(calls[1].split()) >= {"shellcheck", "docker-compose", "cloud-init", "prometheus"}
     assert "redis-server" not in calls[1].split(), "only what is missing"
 
 
 def test_setup_on_a_machine_that_has_everything_runs_no_apt_get(tmp_path: Path) -> None:
-    present = ("redis-server", "shellcheck", "docker-compose", "cloud-init")
+    present = ("redis-server", "shellcheck", "docker-compose", "cloud-init", "promtool")
     assert apt_calls(tmp_path, present=present) == []
