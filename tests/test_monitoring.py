@@ -36,14 +36,6 @@ class Metric:
 # metric is merged, the code registers it and test_pending_metrics_are_not_registered_yet
 # fails until its entry here is deleted.
 PENDING: dict[str, Metric] = {
-    # fleet watch (its own /metrics, FLEET_WATCH_METRICS_PORT)
-    "fleet_watch_probes_total": Metric("counter", ("status",)),
-    "fleet_watch_probe_seconds": Metric("histogram", ()),
-    "fleet_watch_heals_total": Metric("counter", ("cause",)),
-    "fleet_watch_holds_total": Metric("counter", ("cause",)),
-    "fleet_live_nodes_by_health": Metric("gauge", ("status",)),
-    "fleet_watch_overdue_nodes": Metric("gauge", ()),
-    "fleet_watch_round_timestamp_seconds": Metric("gauge", ()),
     # the dispatcher
     "fleet_launches_paused": Metric("gauge", ("region", "kind")),
 }
