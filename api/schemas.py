@@ -12,7 +12,7 @@ from models.nodes import HistoryEntry
 from models.owned import MAX_OWNER_NAME_LENGTH, owner_name
 from models.owner_text import for_owner
 from models.states import NodeState, is_state, is_work_state
-from models.tables import NodeRow
+from models.tables import NodeHealthRow, NodeRow
 
 # formats.NAME, shortened by the owner suffix the fleet-wide name gets (models/owned.py).
 NAME_PATTERN: Final = rf"^[a-z][a-z0-9-]{{0,{MAX_OWNER_NAME_LENGTH - 2}}}[a-z0-9]$"
@@ -51,7 +51,10 @@ Version = Annotated[
 ]
 Step = Literal["held", "running", "waiting", "due"]
 Actor = Literal["fleet", "api", "operator"]
-Event = Literal["create", "transition", "hold", "release", "backup", "note"]
+Event = Literal["create", "transition", "hold", "release", "backup", "note", "heal"]
+HealthStatus = Literal["ok", "locked", "daemon_down", "unreachable", "instance_stopped",
+                       "instance_gone", "wrong_pubkey", "wrong_network", "chain_stalled",
+                       "error"]  # fmt: skip
 
 
 class NodeCreate(BaseModel):
@@ -71,6 +74,26 @@ class NodeUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: Version = Field(description="A release the fleet knows")
+
+
+class NodeHealthOut(BaseModel):
+    """What the fleet's health watch last saw of the live node."""
+
+    status: HealthStatus
+    detail: str
+    since: datetime = Field(description="When the node entered this status")
+    last_ok: datetime | None = Field(description="When it last answered healthy")
+    last_probe: datetime
+
+    @classmethod
+    def of(cls, health: NodeHealthRow) -> "NodeHealthOut":
+        return cls(
+            status=cast(HealthStatus, health.status),
+            detail=for_owner(health.detail) or "",
+            since=health.since,
+            last_ok=health.last_ok,
+            last_probe=health.last_probe,
+        )
 
 
 class NodeOut(BaseModel):
@@ -99,6 +122,9 @@ class NodeOut(BaseModel):
     target_version: str | None
     address: str | None = Field(description="The host's address while the node is live")
     node_pubkey: str | None = Field(description="The node's public key while it is live")
+    health: NodeHealthOut | None = Field(
+        description="While it is live: what the health watch last saw (null: not probed yet)"
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -123,6 +149,7 @@ class NodeOut(BaseModel):
             target_version=row.target_version,
             address=row.address if live else None,
             node_pubkey=row.node_pubkey if live else None,
+            health=NodeHealthOut.of(row.health) if live and row.health is not None else None,
             created_at=row.created_at,
             updated_at=row.updated_at,
         )
@@ -146,6 +173,7 @@ class EventOut(BaseModel):
     )
     attempt: int
     error: str | None
+    detail: str | None = Field(description="A heal's cause, a backup's S3 object, a note")
 
     @classmethod
     def of(cls, entry: HistoryEntry) -> "EventOut":
@@ -157,6 +185,7 @@ class EventOut(BaseModel):
             actor=actor_of(entry.actor),
             attempt=entry.attempt,
             error=for_owner(entry.error),
+            detail=for_owner(entry.detail),
         )
 
 
@@ -181,7 +210,7 @@ def step_of(row: NodeRow, now: datetime) -> Step | None:
 
 def actor_of(actor: str) -> Actor:
     # Workers' and dispatchers' names carry host and pid: infrastructure, not the user's.
-    if actor.startswith(("fleet-worker:", "fleet-dispatcher:")):
+    if actor.startswith(("fleet-worker:", "fleet-dispatcher:", "fleet-watch:")):
         return "fleet"
     return "api" if actor.startswith("fleet-api") else "operator"
 

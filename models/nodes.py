@@ -48,6 +48,18 @@ class NodeSpec(BaseModel):
         return value
 
 
+class HealthRecord(BaseModel):
+    """What the health watch last saw of a live node (node_health)."""
+
+    model_config = ConfigDict(from_attributes=True, frozen=True)
+
+    status: str
+    detail: str
+    since: datetime
+    last_ok: datetime | None
+    last_probe: datetime
+
+
 class NodeRecord(BaseModel):
     """A node as the CLI's --json and the API show it: the row without lease internals."""
 
@@ -72,6 +84,7 @@ class NodeRecord(BaseModel):
     lease_owner: str | None
     created_at: datetime
     updated_at: datetime
+    health: HealthRecord | None
 
 
 class HistoryEntry(BaseModel):
@@ -86,6 +99,7 @@ class HistoryEntry(BaseModel):
     actor: str
     attempt: int
     error: str | None
+    detail: str | None
 
 
 def parse_spec(served_networks: Collection[str], **fields: object) -> NodeSpec:

@@ -46,6 +46,7 @@ QueryName = Literal[
     "record_probe",
     "heal_node",
     "watch_hold",
+    "live_health",
 ]
 
 

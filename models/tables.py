@@ -20,7 +20,7 @@ from sqlalchemy import (
     Text,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from models.formats import MAX_LENGTH
 
@@ -101,6 +101,8 @@ class NodeRow(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)
     updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)
+    # What the health watch last saw (none until it probed the node once).
+    health: Mapped["NodeHealthRow | None"] = relationship(lazy="selectin", viewonly=True)
 
 
 class HistoryRow(Base):

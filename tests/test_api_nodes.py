@@ -394,3 +394,34 @@ def test_health_and_metrics_need_no_token_and_name_routes_not_ids(
         in metrics.text
     )
     assert f"/nodes/{node}" not in metrics.text
+
+
+def test_a_live_node_shows_its_health_and_heals_in_its_events(
+    alice: httpx.Client, db_url: str
+) -> None:
+    """What the watch saw and did, as the owner may see it: no AWS ids, no processes."""
+    node = create(alice, "alpha", start=True)
+    work(db_url, node["id"], "key", "start", address="127.0.0.9", node_pubkey=PUBKEY)
+    work(db_url, node["id"], "wallet", "live", instance_id="i-0123456789abcdef0")
+    assert alice.get(f"/nodes/{node['id']}").json()["health"] is None, "not probed yet"
+    with psycopg.connect(db_url, autocommit=True) as owner:
+        owner.execute(
+            "INSERT INTO node_health (node_id, status, detail, since, last_probe)"
+            " VALUES (%s, 'instance_stopped', 'EC2 says i-0123456789abcdef0 is stopped',"
+            " now(), now())",
+            (node["id"],),
+        )
+        owner.execute(
+            "INSERT INTO node_history (node_id, event, from_state, to_state, actor, attempt,"
+            " detail) VALUES (%s, 'heal', 'live', 'instance', 'fleet-watch:h:1:ab', 0,"
+            " 'instance_stopped: EC2 says i-0123456789abcdef0 is stopped')",
+            (node["id"],),
+        )
+    health = alice.get(f"/nodes/{node['id']}").json()["health"]
+    assert health["status"] == "instance_stopped"
+    assert "i-0123456789abcdef0" not in health["detail"]
+    events = alice.get(f"/nodes/{node['id']}/events")
+    assert events.status_code == 200, events.text
+    [heal] = [e for e in events.json()["items"] if e["event"] == "heal"]
+    assert (heal["actor"], heal["to_state"]) == ("fleet", "instance")
+    assert heal["detail"].startswith("instance_stopped: ") and "i-0123" not in heal["detail"]

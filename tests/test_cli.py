@@ -247,3 +247,27 @@ def test_secrets_are_listed_and_revealed_only_on_request(
     revealed = run("node", "secrets", "keeper", "--reveal")
     assert "wallet_password: hunter2-hunter2" in revealed.stdout
     assert "revealing the secrets of node keeper" in revealed.stderr
+
+
+def test_status_and_show_say_what_the_watch_saw(fleet: Fleet, db_url: str) -> None:
+    [healthy, locked, _] = add_nodes(db_url, ["h-ok", "h-locked", "h-new"], state="new")
+    with psycopg.connect(db_url, autocommit=True) as owner:
+        owner.execute("SET session_replication_role = replica")  # place rows in live
+        owner.execute("UPDATE nodes SET state = 'live'")
+        owner.execute("SET session_replication_role = DEFAULT")
+        for node_id, status in ((healthy, "ok"), (locked, "locked")):
+            owner.execute(
+                "INSERT INTO node_health (node_id, status, detail, since, last_probe)"
+                " VALUES (%s, %s, 'seen', now(), now())",
+                (node_id, status),
+            )
+    rows = {r["state"]: r for r in json.loads(fleet("status", "--json").stdout)}
+    assert rows["live"]["health"] == {"locked": 1, "ok": 1, "unprobed": 1}
+    assert "live nodes by health: locked 1, ok 1, unprobed 1" in fleet("status").stdout
+    shown = fleet("node", "show", "h-locked")
+    assert "health: locked since " in shown.stdout and ": seen" in shown.stdout
+    assert (
+        json.loads(fleet("node", "show", "h-ok", "--json").stdout)["node"]["health"]["status"]
+        == "ok"
+    )
+    assert "health:" not in fleet("node", "show", "h-new").stdout

@@ -26,7 +26,8 @@ from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from models import backups, logins, nodes, placement, releases, reseal, secrets
 from models.errors import BadInput
 from models.identity import fleet_id
-from models.nodes import NodeRecord
+from models.nodes import HealthRecord, NodeRecord
+from models.queries import query
 from models.session import engine_for, transaction
 from models.states import is_state
 from models.tables import SecretRow
@@ -231,10 +232,13 @@ def node_show(name: str, as_json: JsonFlag = False) -> None:
         print_json({"node": record.model_dump(mode="json"), "history": dump(history)})
         return
     details = Table.grid(padding=(0, 2))
-    for field, value in record.model_dump().items():
+    for field, value in record.model_dump(exclude={"health"}).items():
         details.add_row(field, "" if value is None else str(value))
     out.print(details)
-    events = Table("at", "event", "from", "to", "actor", "attempt", "error", title="history")
+    if record.health is not None and record.state == "live":
+        out.print(health_line(record.health))
+    events = Table("at", "event", "from", "to", "actor", "attempt", "error / detail",
+                   title="history")  # fmt: skip
     for h in history:
         events.add_row(
             h.at.isoformat(timespec="seconds"),
@@ -243,9 +247,15 @@ def node_show(name: str, as_json: JsonFlag = False) -> None:
             h.to_state,
             h.actor,
             str(h.attempt),
-            h.error or "",
+            h.error or h.detail or "",
         )
     out.print(events)
+
+
+def health_line(health: HealthRecord) -> str:
+    since = health.since.isoformat(timespec="seconds")
+    probed = health.last_probe.isoformat(timespec="seconds")
+    return f"health: {health.status} since {since} (probed {probed}): {health.detail}"
 
 
 @node_app.command("backups")
@@ -454,11 +464,12 @@ def new_secret_key() -> None:
 
 @app.command("status")
 def status(as_json: JsonFlag = False) -> None:
-    """Nodes per state (the fleet_status view)."""
+    """Nodes per state (the fleet_status view), and live nodes by health (fleet_health)."""
     with operator_session() as session:
         rows = session.execute(text("SELECT * FROM fleet_status")).mappings().all()
+        health = {h.health: h.nodes for h in session.execute(query("live_health"))}
     if as_json:
-        print_json([dict(r) for r in rows])
+        print_json([dict(r) | ({"health": health} if r["state"] == "live" else {}) for r in rows])
         return
     table = Table("state", "kind", "nodes", "held", "leased", "due", "oldest due since")
     for r in rows:
@@ -473,6 +484,8 @@ def status(as_json: JsonFlag = False) -> None:
             since.isoformat(timespec="seconds") if since else "",
         )
     out.print(table)
+    if health:
+        out.print("live nodes by health: " + ", ".join(f"{k} {n}" for k, n in health.items()))
 
 
 @app.command("dispatcher")
