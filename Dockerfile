@@ -19,6 +19,7 @@ COPY pyproject.toml README.md ./
 COPY models/ models/
 COPY migrations/ migrations/
 COPY jobs/ jobs/
+COPY watch/ watch/
 COPY worker/ worker/
 COPY sim/ sim/
 COPY api/ api/

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 
-SERVICES = {"postgres", "redis", "migrate", "dispatcher", "worker"}
+SERVICES = {"postgres", "redis", "migrate", "dispatcher", "worker", "watch"}
 APP_SERVICES = {"migrate", "dispatcher", "worker"}
 LONG_RUNNING = {"dispatcher", "worker"}
 SHARED_ENV = "x-fleet-env"
@@ -86,7 +86,7 @@ def test_compose_parses_without_a_version_key() -> None:
     assert isinstance(compose().get("services"), dict)
 
 
-def test_the_five_services_exist() -> None:
+def test_the_six_services_exist() -> None:
     services = compose()["services"]
     assert {name for name, s in services.items() if "profiles" not in s} == SERVICES
 
@@ -441,7 +441,7 @@ def test_the_example_env_as_it_is_is_refused(project: Path) -> None:
 
 
 def test_every_fleet_process_gets_the_settings_file(resolved: dict[str, Any]) -> None:
-    for name in ("migrate", "dispatcher", "worker", "api"):
+    for name in ("migrate", "dispatcher", "worker", "watch", "api"):
         assert resolved_env(resolved, name).get("FLEET_REGIONS") == REGIONS, name
     assert "FLEET_REGIONS" not in resolved_env(resolved, "demo"), "the demo has its own cloud"
 
@@ -453,7 +453,9 @@ def test_each_secret_reaches_only_the_services_that_need_it(resolved: dict[str, 
         "FLEET_WORKER_DB_PASSWORD": {"migrate", "worker"},
         "FLEET_DISPATCHER_DB_PASSWORD": {"migrate", "dispatcher"},
         "FLEET_API_DB_PASSWORD": {"migrate", "api"},
-        "FLEET_SECRET_KEYS": {"migrate", "worker"},
+        "FLEET_WATCH_DB_PASSWORD": {"migrate", "watch"},
+        # The watch opens API root keys only (row-level security), to sign probe tokens.
+        "FLEET_SECRET_KEYS": {"migrate", "worker", "watch"},
         "FLEET_CHAIN": {"worker"},
     }
     filled = filled_env()
@@ -481,10 +483,10 @@ def test_the_workers_get_aws_credentials_and_the_ssh_key(resolved: dict[str, Any
         name: {str(s["source"] if isinstance(s, dict) else s) for s in spec.get("secrets", [])}
         for name, spec in resolved["services"].items()
     }
-    assert mounted["worker"] == {"aws_credentials", "ssh_key"}
+    assert mounted["worker"] == mounted["watch"] == {"aws_credentials", "ssh_key"}
     assert mounted["dispatcher"] == {"aws_credentials"}
-    assert not {name for name, got in mounted.items() if got} - {"worker", "dispatcher"}
-    for name in ("worker", "dispatcher"):
+    assert not {name for name, got in mounted.items() if got} - {"worker", "watch", "dispatcher"}
+    for name in ("worker", "watch", "dispatcher"):
         env = resolved_env(resolved, name)
         assert env["AWS_SHARED_CREDENTIALS_FILE"] == "/run/secrets/aws_credentials", name
     worker = resolved_env(resolved, "worker")
@@ -545,7 +547,12 @@ def test_migrate_retries_the_upgrade_then_makes_the_logins(tmp_path: Path) -> No
     assert calls[:4] == ["db upgrade"] * 4
     assert [c.split()[:3] for c in calls[4:]] == [
         ["db", "create-login", login]
-        for login in ("fleet_worker_login", "fleet_dispatcher_login", "fleet_api_login")
+        for login in (
+            "fleet_worker_login",
+            "fleet_dispatcher_login",
+            "fleet_api_login",
+            "fleet_watch_login",
+        )  # fmt: skip
     ]
 
 

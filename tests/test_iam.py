@@ -9,6 +9,8 @@ with each EC2 ARN widened to "*": the actions are exactly the files', the tag, I
 encryption and PassRole conditions are AWS's to enforce (deploy/iam/README.md)."""
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,10 @@ import psycopg
 import pytest
 from botocore.exceptions import ClientError
 
+from models.logins import FleetRole
 from sim.iam_aws import EnforcingMotoServer
 from sim.services import free_port
-from tests.conftest import add_nodes, fetch, wait_until
+from tests.conftest import add_nodes, fetch, held_with, role_url, wait_until
 from tests.simulation import (
     BACKUP_BUCKET,
     REGION,
@@ -174,6 +177,43 @@ def test_the_lifecycle_needs_nothing_beyond_the_policies(
         )  # stop's, with the host's keys (destroy found it stopped)
 
 
+def test_the_watch_needs_nothing_beyond_its_policy(
+    aws: EnforcingMotoServer,
+    config: FleetSettings,
+    db_url: str,
+    tmp_path: Path,
+    dispatcher: Dispatcher,
+    start_worker: StartWorker,
+    logins: dict[FleetRole, str],
+) -> None:
+    """A live node whose instance was terminated from outside: the watch, signing with
+    only fleet-watch.json, asks EC2 and holds the node as gone."""
+    fleet_id = fleet_id_of(db_url)
+    worker_keys = iam_user(aws, "fleet-worker", as_moto_checks_it(policy("fleet-worker", fleet_id)))
+    watch_keys = iam_user(aws, "fleet-watch", as_moto_checks_it(policy("fleet-watch", fleet_id)))
+    host_keys = iam_user(aws, "rln-host", as_moto_checks_it(policy("fleet-host", fleet_id)))
+    host_instance_profile(aws, fleet_id)
+    with simulated(config, tmp_path, aws, host_keys) as simulation:
+        [node] = add_nodes(db_url, ["watched"])
+        start_worker(env=worker_env(simulation, worker_keys))
+        reach(db_url, [node], "live")
+        [(instance_id,)] = fetch(db_url, "SELECT instance_id FROM nodes WHERE id = %s", node)
+        admin(aws, "ec2").terminate_instances(InstanceIds=[instance_id])
+        env = worker_env(simulation, watch_keys) | {
+            "FLEET_DATABASE_URL": role_url(db_url, "watch"),
+            "FLEET_WATCH_INTERVAL_SECONDS": "0.5",
+            "FLEET_WATCH_REFRESH_SECONDS": "0.3",
+        }
+        watch = subprocess.Popen([sys.executable, "-m", "worker", "watch"], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            error, _ = held_with(db_url, node, timeout=30)
+        finally:
+            watch.terminate()
+            watch.wait(timeout=15)
+        assert error.startswith("health watch: instance gone: EC2 says "), error
+
+
 def test_keys_are_checked_against_the_policies(aws: EnforcingMotoServer, db_url: str) -> None:
     fleet_id = fleet_id_of(db_url)
     worker = iam_user(aws, "fleet-worker", as_moto_checks_it(policy("fleet-worker", fleet_id)))
@@ -253,7 +293,7 @@ def test_the_policies_carry_the_scopes_only_aws_checks() -> None:
     assert pass_role["Resource"] == f"arn:aws:iam::{ACCOUNT}:role/{HOST_ROLE}"
     assert pass_role["Condition"]["StringEquals"] == {"iam:PassedToService": "ec2.amazonaws.com"}
     # Only what EC2 cannot scope by resource is allowed on "*".
-    for name in ("fleet-worker", "fleet-dispatcher", "fleet-operator", "fleet-host"):
+    for name in ("fleet-worker", "fleet-dispatcher", "fleet-operator", "fleet-host", "fleet-watch"):
         for statement in statements(name).values():
             assert statement["Effect"] == "Allow" and "*" not in str(statement["Action"])
             if statement["Resource"] == "*":

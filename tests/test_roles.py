@@ -291,6 +291,8 @@ def test_each_process_has_only_what_it_needs(
         ("worker", "app", "not a fleet_worker"),
         ("dispatcher", "worker", "not a fleet_dispatcher"),
         ("dispatcher", "owner", "connects as superuser"),
+        ("watch", "worker", "not a fleet_watch"),
+        ("watch", "owner", "connects as superuser"),
     ],
 )
 def test_processes_refuse_other_logins(
