@@ -586,6 +586,7 @@ def test_set_network_refuses_a_running_node_and_a_bad_network(host: Host) -> Non
 FULL_USAGE = (
     "usage: rln-hostctl set-root-key HEX | set-network NETWORK | start | stop | status"
     " | install VERSION URL SHA256 | backup-upload PATH S3URI | backup-remove PATH"
+    " | wallet-aside"
 )
 
 
