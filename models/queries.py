@@ -42,6 +42,9 @@ QueryName = Literal[
     "made_login",
     "session_login",
     "fleet_id",
+    "request_wallet_reinit",
+    "open_wallet_reinit",
+    "wallet_reinit_progress",
 ]
 
 
