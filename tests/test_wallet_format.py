@@ -5,6 +5,7 @@ new wallet from the stored mnemonic). Real Postgres with each role's login, `fle
 processes, moto, SSH to the simulated hosts and the simulated daemon over HTTP."""
 
 import hashlib
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -168,6 +169,8 @@ def test_corrupted_mnemonic_without_a_request_holds_with_the_cause_and_the_way_o
     assert asked.returncode == 0, asked
     reach(db_url, [node_id], "live")
     assert_reinitialised(simulation, db_url, node_id, first_key)
+    shown = json.loads(fleet("node", "show", "dave", "--json").stdout)
+    assert any(str(h["detail"]).startswith(REINITIALISED) for h in shown["history"])
 
 
 def test_only_an_operator_may_ask_and_only_through_the_function(

@@ -259,7 +259,9 @@ def node_show(name: str, as_json: JsonFlag = False) -> None:
     for field, value in record.model_dump().items():
         details.add_row(field, "" if value is None else str(value))
     out.print(details)
-    events = Table("at", "event", "from", "to", "actor", "attempt", "error", title="history")
+    events = Table(
+        "at", "event", "from", "to", "actor", "attempt", "error or detail", title="history"
+    )
     for h in history:
         events.add_row(
             h.at.isoformat(timespec="seconds"),
@@ -268,7 +270,7 @@ def node_show(name: str, as_json: JsonFlag = False) -> None:
             h.to_state,
             h.actor,
             str(h.attempt),
-            h.error or "",
+            h.error or h.detail or "",
         )
     out.print(events)
 
