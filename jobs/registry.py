@@ -8,6 +8,7 @@ from jobs.outcomes import Outcome
 from models.releases import Release
 from models.secrets import Secret, SecretKind
 from models.states import WorkState, is_work_state
+from models.wallet_reinits import WalletReinit
 
 if TYPE_CHECKING:
     from jobs.toolbox import Toolbox
@@ -121,6 +122,17 @@ class StepContext(Protocol):
 
     def current_state(self) -> str | None:
         """The node's state now, read again (for a worker that lost the row)."""
+        ...
+
+    def wallet_reinit(self, version: str) -> WalletReinit | None:
+        """An operator's open request to re-initialise the node's wallet for a release."""
+        ...
+
+    def wallet_reinit_progress(
+        self, request_id: int, moved_aside_to: str | None = None, done: bool = False
+    ) -> bool:
+        """Record where the old wallet files went, or that the re-initialisation is done,
+        while this worker holds the lease; False when it does not."""
         ...
 
 

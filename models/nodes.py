@@ -99,7 +99,8 @@ class HistoryEntry(BaseModel):
     actor: str
     attempt: int
     error: str | None
-    detail: str | None
+    # What a note or a backup says (a backup's key, a wallet re-initialisation's loss).
+    detail: str | None = None
 
 
 def parse_spec(served_networks: Collection[str], **fields: object) -> NodeSpec:

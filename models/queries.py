@@ -47,6 +47,9 @@ QueryName = Literal[
     "heal_node",
     "watch_hold",
     "live_health",
+    "request_wallet_reinit",
+    "open_wallet_reinit",
+    "wallet_reinit_progress",
 ]
 
 

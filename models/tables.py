@@ -156,6 +156,32 @@ class ReleaseRow(Base):
     artifact_url: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)
+    # Which wallets the release opens: only those a release of the same format wrote.
+    wallet_format: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+
+
+class WalletReinitRow(Base):
+    """An operator's request to re-initialise a node's wallet from the stored mnemonic
+    for a release that cannot read its files (migrations/sql/0007_wallet_format.sql)."""
+
+    __tablename__ = "wallet_reinits"
+    __table_args__ = (
+        Index(
+            "wallet_reinits_open",
+            "node_id",
+            "to_version",
+            unique=True,
+            postgresql_where=text("done_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    node_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("nodes.id"))
+    to_version: Mapped[str] = mapped_column(Text)
+    requested_by: Mapped[str] = mapped_column(Text)
+    requested_at: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)
+    moved_aside_to: Mapped[str | None] = mapped_column(Text)
+    done_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
 
 class LaunchBudgetRow(Base):

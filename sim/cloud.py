@@ -82,6 +82,7 @@ class SimSettings:
     disk_dir: Path | None = None  # each host's disk is a directory here (default: scratch)
     # The release the image comes with; None: none (the golden image bakes none in).
     image_version: str | None = "0.9.0"
+    image_wallet_format: int = 1  # the wallet format of the image's release
     poll_seconds: float = 0.2
     throttle_rate: float = 0.0
     launch_delay_seconds: float = 0.0  # every RunInstances in flight this long
@@ -195,6 +196,7 @@ class SimCloud:
             faults=self.settings.faults,
             chain=self.settings.chain,
             disk_root=self._disk_root(instance_id),
+            wallet_format=self.settings.image_wallet_format,
         )
         await host.boot()
         self.hosts[instance_id] = self.hosts_ever[instance_id] = host

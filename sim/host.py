@@ -10,12 +10,22 @@ import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncssh
 
 from sim.agent import AgentError
-from sim.rln_daemon import NETWORKS, ApiFaults, ApiTraffic, ChainWorld, NodeDisk, RlnDaemon
+from sim.rln_daemon import (
+    FIRST_WALLET_FORMAT,
+    NETWORKS,
+    STORAGE_DIR,
+    ApiFaults,
+    ApiTraffic,
+    ChainWorld,
+    NodeDisk,
+    RlnDaemon,
+)
 from sim.ssh_server import SimSSHHost, start_ssh_server
 
 HEX_KEY = re.compile(r"^[0-9a-f]{64}$")
@@ -25,6 +35,14 @@ Fetch = Callable[[str], bytes]
 Upload = Callable[[str, bytes, str], None]
 # Where /backup files go: beside the storage dir, never inside it (deploy/host/README.md).
 BACKUP_DIR = "/var/lib/rln-backups"
+# A simulated release artifact says which wallet format its daemon reads and writes
+# (upstream's release of 2026-08-01 changed it); one that does not is of the first.
+ARTIFACT_WALLET_FORMAT = re.compile(rb"wallet-format=([0-9]{1,4})")
+
+
+def artifact_wallet_format(artifact: bytes) -> int:
+    found = ARTIFACT_WALLET_FORMAT.search(artifact)
+    return int(found.group(1)) if found else FIRST_WALLET_FORMAT
 
 
 @dataclass
@@ -65,12 +83,14 @@ class SimHost:
         faults: HostFaults | None = None,
         chain: ChainWorld | None = None,
         disk_root: Path | None = None,
+        wallet_format: int = FIRST_WALLET_FORMAT,
     ) -> None:
         self.address = address
         self.ports = ports
         self.image_network = network  # what the image wrote to /etc/rln/node.env
         self.network = network  # /etc/rln/node.env now
         self.version = version
+        self.wallet_format = wallet_format  # of the installed release's daemon
         self.disk = NodeDisk(root=disk_root)
         self.chain = chain or ChainWorld.local()
         self.traffic = ApiTraffic()  # every daemon run's calls, tunnelled or direct
@@ -158,6 +178,7 @@ class SimHost:
             faults=self.faults.api,
             traffic=self.traffic,
             chain=self.chain,
+            wallet_format=self.wallet_format,
         )
         await daemon.start(self.address, self.ports.api)
         self.daemon = daemon
@@ -203,7 +224,24 @@ class SimHost:
         if got != sha256:
             raise AgentError(f"checksum mismatch for {version}: expected {sha256}, got {got}")
         self.version = version
+        self.wallet_format = artifact_wallet_format(artifact)
         return f"installed {version}"
+
+    async def wallet_aside(self) -> str:
+        """Move the storage dir aside to a dated directory beside it, never deleting
+        (the real agent's contract, deploy/host/rln-hostctl)."""
+        self._maybe_fail("wallet-aside")
+        if self.daemon is not None:
+            raise AgentError("node is running: stop it before moving its wallet aside")
+        if self.disk.read(f"{STORAGE_DIR}/mnemonic") is None:
+            return f"no wallet in {STORAGE_DIR}: nothing moved"
+        base = f"{STORAGE_DIR}-aside-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+        aside, number = base, 1
+        while self.disk.path(aside).exists():
+            number += 1
+            aside = f"{base}-{number}"
+        self.disk.move_aside(aside)
+        return f"moved {STORAGE_DIR} to {aside}"
 
     async def backup_upload(self, path: str, s3_uri: str) -> str:
         self._maybe_fail("backup-upload")

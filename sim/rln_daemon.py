@@ -67,6 +67,11 @@ SECRET_FIELDS = frozenset(
     {"password", "mnemonic", "old_password", "new_password", "bitcoind_rpc_password"}
 )
 BACKUP_MAGIC = b"rln-sim-backup/1\n"  # the sealed mnemonic file, and a backup's payload
+# A mnemonic file written by a release of a later wallet format starts so instead (the
+# format's number, a newline): upstream's release of 2026-08-01 changed the encryption,
+# and a release reads only the files a release of its own format wrote.
+WALLET_FORMAT_MAGIC = b"rln-sim-wallet-format/"
+FIRST_WALLET_FORMAT = 1
 BACKUP_VERSION = "1"
 # The unit's storage dir (deploy/host/rgb-lightning-node.service), on the host's disk.
 STORAGE_DIR = "/var/lib/rln"
@@ -135,13 +140,32 @@ class NodeDisk:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(content)
 
-    def keep_wallet(self, mnemonic: str, password: str) -> None:
-        """Write the wallet's files: the sealed mnemonic, and LDK state the first time."""
+    def keep_wallet(
+        self, mnemonic: str, password: str, wallet_format: int = FIRST_WALLET_FORMAT
+    ) -> None:
+        """Write the wallet's files: the sealed mnemonic (in the wallet format of the
+        release writing it), and LDK state the first time."""
         self.mnemonic, self.password = mnemonic, password
-        self.write(f"{STORAGE_DIR}/mnemonic", seal_backup(mnemonic, password))
+        self.write(f"{STORAGE_DIR}/mnemonic", seal_backup(mnemonic, password, wallet_format))
         ldk = self.storage_dir / ".ldk" / "channel_manager"
         if not ldk.exists():
             self.write(f"{STORAGE_DIR}/.ldk/channel_manager", os.urandom(LDK_STATE_BYTES))
+
+    @property
+    def wallet_format(self) -> int | None:
+        """The wallet format of the release that wrote the mnemonic file; None: no file."""
+        sealed = self.read(f"{STORAGE_DIR}/mnemonic")
+        return None if sealed is None else wallet_format_of(sealed)
+
+    def move_aside(self, host_path: str) -> None:
+        """What `rln-hostctl wallet-aside` does: the storage dir is renamed to host_path
+        (nothing deleted) and an empty one takes its place; the wallet is gone from it.
+        Revoked tokens stay revoked."""
+        target = self.path(host_path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.storage_dir.rename(target)
+        self.storage_dir.mkdir()
+        self.mnemonic = self.password = None
 
 
 @dataclass(frozen=True)
@@ -363,6 +387,7 @@ class RlnDaemon:
         lock_seconds: float = 0.0,
         traffic: ApiTraffic | None = None,
         chain: ChainWorld | None = None,
+        wallet_format: int = FIRST_WALLET_FORMAT,
     ) -> None:
         if network not in NETWORKS:
             raise ValueError(f"unknown network {network!r}: the daemon exits at start")
@@ -370,6 +395,7 @@ class RlnDaemon:
         self.network = network
         self.height = 150  # the chain tip /networkinfo reports; tests may move it
         self.last_unlock: UnlockRequest | None = None  # what the last good /unlock sent
+        self.wallet_format = wallet_format  # of the release this daemon is
         self._root_key = _public_key(root_public_key_hex)
         self._unlock_seconds = unlock_seconds
         self._lock_seconds = lock_seconds
@@ -500,6 +526,15 @@ class RlnDaemon:
 
     def _check_password(self, password: str) -> str:
         mnemonic = self._require_wallet()
+        written = self.disk.wallet_format
+        if written is not None and written != self.wallet_format:
+            # Upstream cannot decrypt a mnemonic file of another format, whatever the password.
+            raise RlnError(
+                500,
+                "CorruptedMnemonic",
+                f"The mnemonic file is corrupted or unreadable (wallet format {written},"
+                f" this release reads {self.wallet_format})",
+            )
         if password != self.disk.password:
             raise fail("WrongPassword")
         return mnemonic
@@ -522,7 +557,7 @@ class RlnDaemon:
         if self.disk.mnemonic is not None:
             raise fail("AlreadyInitialized")
         mnemonic = body.mnemonic or _BIP39.generate(strength=GENERATED_MNEMONIC_STRENGTH)
-        self.disk.keep_wallet(mnemonic, body.password)
+        self.disk.keep_wallet(mnemonic, body.password, self.wallet_format)
         return ok({"mnemonic": mnemonic})
 
     async def _unlock(self, request: web.Request) -> web.Response:
@@ -570,7 +605,9 @@ class RlnDaemon:
         sealed = self.disk.read(f"{STORAGE_DIR}/mnemonic")
         if sealed is None:
             raise RlnError(500, "Unexpected", "Unexpected error: no mnemonic in the backup")
-        self.disk.keep_wallet(open_backup(sealed, body.password), body.password)
+        # A backup of another wallet format restores as it is: its /unlock then fails.
+        written = wallet_format_of(sealed) or FIRST_WALLET_FORMAT
+        self.disk.keep_wallet(open_backup(sealed, body.password), body.password, written)
         return ok({})
 
     async def _change_password(self, request: web.Request) -> web.Response:
@@ -579,7 +616,7 @@ class RlnDaemon:
         self._require_wallet()
         check_strength(body.new_password)
         mnemonic = self._check_password(body.old_password)
-        self.disk.keep_wallet(mnemonic, body.new_password)
+        self.disk.keep_wallet(mnemonic, body.new_password, self.wallet_format)
         return ok({})
 
     async def _shutdown(self, _: web.Request) -> web.Response:
@@ -972,22 +1009,40 @@ def unzip_into(content: bytes, target: Path) -> None:
             destination.write_bytes(archive.read(member))
 
 
-def seal_backup(mnemonic: str, password: str) -> bytes:
+def seal_backup(mnemonic: str, password: str, wallet_format: int = FIRST_WALLET_FORMAT) -> bytes:
     """The storage dir's mnemonic file: the mnemonic encrypted under the password, so
-    /unlock and /restore can tell a wrong password (the tag does not verify)."""
+    /unlock and /restore can tell a wrong password (the tag does not verify), headed by
+    the wallet format of the release that wrote it."""
     salt, nonce = os.urandom(SALT_BYTES), os.urandom(NONCE_BYTES)
     sealed = AESGCM(_backup_key(salt, password)).encrypt(nonce, mnemonic.encode(), None)
-    return BACKUP_MAGIC + salt + nonce + sealed
+    return _format_header(wallet_format) + salt + nonce + sealed
+
+
+def _format_header(wallet_format: int) -> bytes:
+    if wallet_format == FIRST_WALLET_FORMAT:
+        return BACKUP_MAGIC  # the files of every release before the break, unchanged
+    return WALLET_FORMAT_MAGIC + str(wallet_format).encode() + b"\n"
+
+
+def wallet_format_of(content: bytes) -> int | None:
+    """The wallet format a mnemonic file was written in; None: not a mnemonic file."""
+    if content.startswith(BACKUP_MAGIC):
+        return FIRST_WALLET_FORMAT
+    if not content.startswith(WALLET_FORMAT_MAGIC):
+        return None
+    number, newline, _ = content.removeprefix(WALLET_FORMAT_MAGIC).partition(b"\n")
+    return int(number) if newline and number.isdigit() else None
 
 
 def open_backup(content: bytes, password: str) -> str:
-    if not content.startswith(BACKUP_MAGIC):
+    wallet_format = wallet_format_of(content)
+    if wallet_format is None:
         raise RlnError(
             400,
             "UnsupportedBackupVersion",
             "The provided backup has an unsupported version: unknown",
         )
-    rest = content.removeprefix(BACKUP_MAGIC)
+    rest = content.removeprefix(_format_header(wallet_format))
     salt, nonce = rest[:SALT_BYTES], rest[SALT_BYTES : SALT_BYTES + NONCE_BYTES]
     sealed = rest[SALT_BYTES + NONCE_BYTES :]
     try:

@@ -32,6 +32,7 @@ LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost"})
 USAGE = (
     "usage: rln-hostctl set-root-key HEX | set-network NETWORK | start | stop | status"
     " | install VERSION URL SHA256 | backup-upload PATH S3URI | backup-remove PATH"
+    " | wallet-aside"
 )
 
 
@@ -58,6 +59,7 @@ COMMANDS: dict[str, _Command] = {
         ("PATH", "S3URI"), lambda agent, args: agent.backup_upload(args[0], args[1])
     ),
     "backup-remove": _Command(("PATH",), lambda agent, args: agent.backup_remove(args[0])),
+    "wallet-aside": _Command((), lambda agent, _: agent.wallet_aside()),
 }
 
 

@@ -214,11 +214,21 @@ def test_dispatcher_runs_until_sigterm(
 def test_releases_are_added_and_listed(fleet: Fleet) -> None:
     sha = "cd" * 32
     assert fleet("release", "add", "0.11.0", "s3://releases/rln-0.11.0.tar.gz", sha).returncode == 0
+    added = fleet("release", "add", "0.12.0", "s3://releases/rln-0.12.0.tar.gz", sha,
+                  "--wallet-format", "2")  # fmt: skip
+    assert added.returncode == 0, added
     listed = json.loads(fleet("release", "list", "--json").stdout)
     assert listed == [
-        {"version": "0.11.0", "artifact_url": "s3://releases/rln-0.11.0.tar.gz", "sha256": sha}
-    ]
+        {"version": "0.11.0", "artifact_url": "s3://releases/rln-0.11.0.tar.gz", "sha256": sha,
+         "wallet_format": 1},
+        {"version": "0.12.0", "artifact_url": "s3://releases/rln-0.12.0.tar.gz", "sha256": sha,
+         "wallet_format": 2},
+    ]  # fmt: skip
     assert_refused(fleet("release", "add", "0.11.0", "s3://releases/x", sha), "already known")
+    assert_refused(
+        fleet("release", "add", "0.13.0", "s3://releases/x", sha, "--wallet-format", "0"),
+        "bad wallet format 0",
+    )
     assert_refused(fleet("release", "add", "0.12.0", "ftp://r/x", sha), "bad artifact URL")
     assert_refused(fleet("release", "add", "0.12.0", "s3://releases/x", "abc"), "bad sha256")
 

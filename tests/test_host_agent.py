@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import io
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -580,12 +581,84 @@ def test_set_network_refuses_a_running_node_and_a_bad_network(host: Host) -> Non
     assert (host.etc / "node.env").read_text() == "NETWORK=testnet\n"
 
 
+# wallet-aside
+
+
+def wallet_files(host: Host) -> None:
+    """A storage dir as the daemon leaves it: the mnemonic, LDK state, logs, revocations."""
+    (host.data / ".ldk").mkdir()
+    (host.data / "logs").mkdir()
+    (host.data / "mnemonic").write_bytes(b"sealed mnemonic of format 1")
+    (host.data / ".ldk" / "channel_manager").write_bytes(b"channel state")
+    (host.data / "logs" / "log").write_text("a log line\n")
+    (host.data / "revoked_tokens.txt").write_text("0a0b\n")
+    host.data.chmod(0o750)
+
+
+def asides(host: Host) -> list[Path]:
+    return sorted(host.root.glob("data-aside-*"))
+
+
+def test_wallet_aside_renames_the_storage_dir_whole_and_keeps_revocations(host: Host) -> None:
+    wallet_files(host)
+    before = host.data.stat()
+    answer = host.ok("wallet-aside")
+    [aside] = asides(host)
+    assert answer == f"moved {host.data} to {aside}"
+    assert re.fullmatch(r"data-aside-\d{8}T\d{6}Z", aside.name)
+    # Nothing deleted: every file is in the dated directory, as it was.
+    assert (aside / "mnemonic").read_bytes() == b"sealed mnemonic of format 1"
+    assert (aside / ".ldk" / "channel_manager").read_bytes() == b"channel state"
+    assert (aside / "logs" / "log").read_text() == "a log line\n"
+    # An empty storage dir owned and moded like the old one, revoked tokens still revoked.
+    assert sorted(p.name for p in host.data.iterdir()) == ["revoked_tokens.txt"]
+    assert (host.data / "revoked_tokens.txt").read_text() == "0a0b\n"
+    after = host.data.stat()
+    assert (after.st_uid, after.st_gid, after.st_mode) == (
+        before.st_uid, before.st_gid, before.st_mode,
+    )  # fmt: skip
+    assert not (host.root / "data.new").exists() and host.leftovers() == []
+
+
+def test_wallet_aside_again_moves_nothing(host: Host) -> None:
+    wallet_files(host)
+    host.ok("wallet-aside")
+    assert host.ok("wallet-aside") == f"no wallet in {host.data}: nothing moved"
+    assert len(asides(host)) == 1
+
+
+def test_wallet_aside_twice_in_a_second_never_reuses_a_directory(host: Host) -> None:
+    wallet_files(host)
+    host.ok("wallet-aside")
+    (host.data / "mnemonic").write_bytes(b"a second wallet")
+    host.ok("wallet-aside")
+    contents = sorted((aside / "mnemonic").read_bytes() for aside in asides(host))
+    assert contents == [b"a second wallet", b"sealed mnemonic of format 1"]
+
+
+def test_wallet_aside_refuses_while_the_node_runs(host: Host) -> None:
+    wallet_files(host)
+    host.set_running(True)
+    assert host.fails("wallet-aside") == "node is running: stop it before moving its wallet aside"
+    assert (host.data / "mnemonic").is_file() and asides(host) == []
+
+
+def test_wallet_aside_finishes_a_run_cut_short_between_its_renames(host: Host) -> None:
+    wallet_files(host)
+    (host.root / "data.new").mkdir()
+    host.data.rename(host.root / "data-aside-20261202T050000Z")
+    assert host.ok("wallet-aside") == f"no wallet in {host.data}: nothing moved"
+    assert host.data.is_dir() and not (host.root / "data.new").exists()
+    assert (host.root / "data-aside-20261202T050000Z" / "mnemonic").is_file()
+
+
 # usage
 
 
 FULL_USAGE = (
     "usage: rln-hostctl set-root-key HEX | set-network NETWORK | start | stop | status"
     " | install VERSION URL SHA256 | backup-upload PATH S3URI | backup-remove PATH"
+    " | wallet-aside"
 )
 
 
@@ -602,6 +675,7 @@ FULL_USAGE = (
         (("backup-upload", "/x"), "usage: rln-hostctl backup-upload PATH S3URI"),
         (("backup-remove",), "usage: rln-hostctl backup-remove PATH"),
         (("set-network",), "usage: rln-hostctl set-network NETWORK"),
+        (("wallet-aside", "now"), "usage: rln-hostctl wallet-aside"),
     ],
 )
 def test_usage_errors_exit_2(host: Host, args: tuple[str, ...], message: str) -> None:

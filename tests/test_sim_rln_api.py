@@ -120,6 +120,7 @@ class Node:
     faults: ApiFaults | None = None
     lock_seconds: float = 0.0
     daemon: RlnDaemon | None = None
+    wallet_format: int = 1  # of the release the daemon is
 
     def start(self) -> RlnDaemon:
         daemon = RlnDaemon(
@@ -129,6 +130,7 @@ class Node:
             unlock_seconds=self.unlock_seconds,
             faults=self.faults,
             lock_seconds=self.lock_seconds,
+            wallet_format=self.wallet_format,
         )
         self.loop.run(daemon.start(self.host, self.port))
         self.daemon = daemon
@@ -461,6 +463,45 @@ def test_node_pubkey_is_deterministic_per_mnemonic(nodes: Nodes) -> None:
     pubkeys = [node.call("GET", "/nodeinfo").json()["pubkey"] for node in (first, second, third)]
     assert pubkeys[0] == pubkeys[1] != pubkeys[2]
     assert all(PUBKEY.match(pubkey) for pubkey in pubkeys)
+
+
+def test_a_release_of_another_wallet_format_cannot_read_the_wallet(nodes: Nodes) -> None:
+    """Upstream's release of 2026-08-01 reads no mnemonic file (nor backup) an earlier one
+    wrote: /unlock answers CorruptedMnemonic (500), whatever the password. Its documented
+    recovery, a new wallet from the same mnemonic, gives the same node key."""
+    node = unlocked(nodes.new())
+    pubkey = node.call("GET", "/nodeinfo").json()["pubkey"]
+    expect_ok(node.call("POST", "/lock"))
+    expect_ok(node.call("POST", "/backup", BACKUP))
+    old_backup = node.disk.read(BACKUP["backup_path"])
+    assert old_backup is not None and node.disk.wallet_format == 1
+
+    node.wallet_format = 2  # an update to the release of the break
+    node.restart()
+    expect_error(node.call("POST", "/unlock", UNLOCK), 500, "CorruptedMnemonic")
+    expect_error(node.call("POST", "/unlock", {**UNLOCK, "password": "not the one"}), 500,
+                 "CorruptedMnemonic")  # fmt: skip
+    backup = {**BACKUP, "backup_path": "/var/backups/rln-2"}
+    expect_error(node.call("POST", "/backup", backup), 500, "CorruptedMnemonic")
+
+    node.stop()
+    node.disk.move_aside("/var/lib/rln-aside-1")
+    assert node.disk.mnemonic is None and node.disk.read("/var/lib/rln-aside-1/mnemonic")
+    node.start()
+    expect_error(node.call("POST", "/unlock", UNLOCK), 403, "NotInitialized")
+    expect_ok(node.call("POST", "/init", INIT), {"mnemonic": MNEMONIC})
+    expect_ok(node.call("POST", "/unlock", UNLOCK))
+    assert node.call("GET", "/nodeinfo").json()["pubkey"] == pubkey
+    assert node.disk.wallet_format == 2
+
+    # A backup of the old format restores as it is, and cannot be unlocked either.
+    other_disk = NodeDisk()
+    other_disk.write("/restore/me", old_backup)
+    other = nodes.new(disk=other_disk)
+    other.wallet_format = 2
+    other.restart()
+    expect_ok(other.call("POST", "/restore", {"backup_path": "/restore/me", "password": PASSWORD}))
+    expect_error(other.call("POST", "/unlock", UNLOCK), 500, "CorruptedMnemonic")
 
 
 def test_change_password(nodes: Nodes) -> None:

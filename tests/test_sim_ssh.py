@@ -87,6 +87,10 @@ class FakeAgent:
         self.calls.append(("backup-remove", path))
         return "removed"
 
+    async def wallet_aside(self) -> str:
+        self.calls.append(("wallet-aside",))
+        return "no wallet in /var/lib/rln: nothing moved"
+
 
 class BrokenAgent(FakeAgent):
     async def status(self) -> str:

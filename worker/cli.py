@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 # typer bundles its own click; its usage errors are these (typer exports Abort, not them).
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
-from models import backups, logins, nodes, placement, releases, reseal, secrets
+from models import backups, logins, nodes, placement, releases, reseal, secrets, wallet_reinits
 from models.errors import BadInput
 from models.identity import fleet_id
 from models.nodes import HealthRecord, NodeRecord
@@ -204,6 +204,31 @@ def node_request(
         out.print(f"node {row.name} is now in {row.state}")
 
 
+@node_app.command("update")
+def node_update(
+    name: str,
+    to: Annotated[str, typer.Option("--to", help="The release to install")],
+    reinitialise_wallet: Annotated[
+        bool,
+        typer.Option(
+            "--reinitialise-wallet",
+            help="Across a wallet-format break: re-initialise the wallet from the stored"
+            " mnemonic (on-chain funds come back, channel state is lost). Operators only",
+        ),
+    ] = False,
+) -> None:
+    """Update a node to a release (it ends stopped; the next start unlocks it)."""
+    with operator_session() as session:
+        row = wallet_reinits.request_update(session, name, to, reinitialise_wallet)
+        out.print(f"node {row.name} is now in {row.state}")
+    if reinitialise_wallet:
+        typer.echo(
+            f"wallet re-initialisation from the stored mnemonic asked for node {name} under {to}:"
+            " its channel state will be lost",
+            err=True,
+        )
+
+
 @node_app.command("list")
 def node_list(
     state: Annotated[str | None, typer.Option(help="Only nodes in this state")] = None,
@@ -237,7 +262,7 @@ def node_show(name: str, as_json: JsonFlag = False) -> None:
     out.print(details)
     if record.health is not None and record.state == "live":
         out.print(health_line(record.health))
-    events = Table("at", "event", "from", "to", "actor", "attempt", "error / detail",
+    events = Table("at", "event", "from", "to", "actor", "attempt", "error or detail",
                    title="history")  # fmt: skip
     for h in history:
         events.add_row(
@@ -388,10 +413,22 @@ def print_reseal(report: reseal.ResealReport, as_json: bool) -> None:
 
 
 @release_app.command("add")
-def release_add(version: str, artifact_url: str, sha256: str) -> None:
-    """Make a release known (a version, where its artifact is, and its SHA-256)."""
+def release_add(
+    version: str,
+    artifact_url: str,
+    sha256: str,
+    wallet_format: Annotated[
+        int,
+        typer.Option(
+            "--wallet-format",
+            help="The wallets it opens: 1 before upstream's release of 2026-08-01, 2 from it on",
+        ),
+    ] = releases.FIRST_WALLET_FORMAT,
+) -> None:
+    """Make a release known (a version, where its artifact is, its SHA-256 and the
+    wallet format it reads)."""
     with operator_session() as session:
-        release = releases.add_release(session, version, artifact_url, sha256)
+        release = releases.add_release(session, version, artifact_url, sha256, wallet_format)
     out.print(f"release {release.version} added")
 
 
@@ -403,9 +440,9 @@ def release_list(as_json: JsonFlag = False) -> None:
     if as_json:
         print_json([asdict(r) for r in known])
         return
-    table = Table("version", "artifact", "sha256")
+    table = Table("version", "artifact", "sha256", "wallet format")
     for r in known:
-        table.add_row(r.version, r.artifact_url, r.sha256)
+        table.add_row(r.version, r.artifact_url, r.sha256, str(r.wallet_format))
     out.print(table)
 
 

@@ -26,6 +26,7 @@ from models.secrets import Secret, SecretKind
 from models.session import statement_engine_for
 from models.states import NEXT_STATE, WorkState, is_work_state
 from models.tables import NodeRow
+from models.wallet_reinits import WalletReinit, open_reinit, record_progress
 from worker import metrics
 from worker.identity import process_name
 from worker.lease import LeaseKeeper
@@ -125,6 +126,16 @@ class RunningStep:
     def current_state(self) -> str | None:
         with self.engine.connect() as connection:
             return connection.execute(query("node_state"), {"node_id": self.node.id}).scalar()
+
+    def wallet_reinit(self, version: str) -> WalletReinit | None:
+        with self.engine.connect() as connection:
+            return open_reinit(connection, self.node.id, version)
+
+    def wallet_reinit_progress(
+        self, request_id: int, moved_aside_to: str | None = None, done: bool = False
+    ) -> bool:
+        with self.engine.connect() as connection:
+            return record_progress(connection, request_id, self.worker, moved_aside_to, done)
 
 
 def key_ring(config: FleetSettings) -> secrets.KeyRing:

@@ -8,7 +8,13 @@ fleet always holds the mnemonic that recovers the funds.
 
 Before its first /init the step records (a column only workers write) that the wallet
 may exist. From then on a secret missing from the database holds the node loudly: a new
-mnemonic would make the fleet hold one that recovers nothing."""
+mnemonic would make the fleet hold one that recovers nothing.
+
+A release that cannot read the wallet's files (written by a release of another wallet
+format) answers /unlock with CorruptedMnemonic. Only when an operator asked for it, for
+this node and the release it runs, is the old storage dir moved aside on the host and
+the wallet initialised again from the stored mnemonic (jobs/steps/wallet_reinit.py);
+otherwise the node is held at once with the cause and the command to run."""
 
 import secrets as random_source
 from typing import cast
@@ -19,6 +25,7 @@ from jobs.config import ChainBackend
 from jobs.node_api import NETWORK_NAMES, NodeApi, NodeApiError, NodeUnreachable
 from jobs.outcomes import Done, HoldNode, Outcome, Wait
 from jobs.registry import NodeFacts, StepContext, steps
+from jobs.steps import wallet_reinit
 from jobs.steps.common import lock_quietly, node_api
 from models.formats import Network
 from models.secrets import Secret
@@ -108,8 +115,14 @@ def _unlock(context: StepContext, api: NodeApi, password: Secret, mnemonic: Secr
     except NodeApiError as exc:
         if exc.name == "AlreadyUnlocked":
             return
+        if exc.name == wallet_reinit.CORRUPTED_MNEMONIC:
+            _reinitialise(context, api, password, mnemonic, chain, move_aside=True)
+            return
         if exc.name != "NotInitialized":
             raise
+    if wallet_reinit.moved_aside(context) is not None:
+        _reinitialise(context, api, password, mnemonic, chain, move_aside=False)
+        return
     _refuse_init_of_a_wallet_that_ran(context)
     _init(context, api, password, mnemonic)
     _unlock_once(context, api, password, chain)
@@ -127,6 +140,26 @@ def _refuse_init_of_a_wallet_that_ran(context: StepContext) -> None:
             f" it ran as {node.node_pubkey[:16]}...: not initialised again; restore it from a"
             " backup taken while it was locked"
         )
+
+
+def _reinitialise(
+    context: StepContext,
+    api: NodeApi,
+    password: Secret,
+    mnemonic: Secret,
+    chain: ChainBackend,
+    move_aside: bool,
+) -> None:
+    """The wallet the running release cannot read is initialised again from the stored
+    mnemonic (never a new one), as an operator asked; held at once when nobody did. A
+    run cut short after the old files went aside (NotInitialized then) goes on from
+    there without moving anything again."""
+    request = wallet_reinit.requested(context)
+    if move_aside:
+        request = wallet_reinit.move_wallet_aside(context, request)
+    _init(context, api, password, mnemonic)
+    wallet_reinit.finished(context, request)
+    _unlock_once(context, api, password, chain)
 
 
 def _unlock_once(context: StepContext, api: NodeApi, password: Secret, chain: ChainBackend) -> None:

@@ -349,3 +349,38 @@ BEGIN
     RETURN FOUND;
 END
 $$;
+
+-- Wallet formats (0007_wallet_format.sql): an operator asks for a node's wallet to be
+-- re-initialised from the stored mnemonic for a release that cannot read its files
+-- (`fleet node update NAME --to V --reinitialise-wallet`). Only an operator login made
+-- for this database; the request names who asked, and the node's history says so.
+-- Asking again while a request for that release is open renews it. Returns its id.
+CREATE OR REPLACE FUNCTION fleet_request_wallet_reinit(node_name text, version text)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    asked_for nodes%ROWTYPE;
+    made bigint;
+BEGIN
+    IF fleet_login_role() IS DISTINCT FROM 'operator' THEN
+        RAISE EXCEPTION 'only an operator login may ask for a wallet re-initialisation'
+            USING ERRCODE = 'FL020';
+    END IF;
+    SELECT * INTO asked_for FROM nodes WHERE name = node_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no node named %', node_name USING ERRCODE = 'FL021';
+    END IF;
+    INSERT INTO wallet_reinits (node_id, to_version, requested_by)
+    VALUES (asked_for.id, version, session_user)
+    ON CONFLICT (node_id, to_version) WHERE done_at IS NULL
+    DO UPDATE SET requested_by = EXCLUDED.requested_by, requested_at = now()
+    RETURNING id INTO made;
+    INSERT INTO node_history (node_id, event, from_state, to_state, actor, login, attempt,
+                              detail)
+    VALUES (asked_for.id, 'note', asked_for.state, asked_for.state, fleet_actor(), session_user,
+            asked_for.attempts,
+            format('wallet re-initialisation from the stored mnemonic requested for release %s'
+                   ' (on-chain funds come back, channel state does not)', version));
+    RETURN made;
+END
+$$;

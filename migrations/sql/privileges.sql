@@ -158,3 +158,17 @@ DROP POLICY IF EXISTS health_of_owner ON node_health;
 CREATE POLICY health_of_owner ON node_health
     TO fleet_app, fleet_reader
     USING (node_id IN (SELECT id FROM nodes));
+
+-- Wallet formats (0007_wallet_format.sql): operators ask for a wallet re-initialisation
+-- through fleet_request_wallet_reinit() only (no direct INSERT: the function names who
+-- asked); workers read the requests and record their progress; readers see the trail.
+GRANT SELECT ON wallet_reinits TO fleet_worker, fleet_operator, fleet_reader;
+GRANT UPDATE (moved_aside_to, done_at) ON wallet_reinits TO fleet_worker;
+GRANT EXECUTE ON FUNCTION fleet_request_wallet_reinit(text, text) TO fleet_operator;
+ALTER TABLE wallet_reinits ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS wallet_reinits_of_this_fleet ON wallet_reinits;
+CREATE POLICY wallet_reinits_of_this_fleet ON wallet_reinits
+    TO fleet_worker, fleet_operator, fleet_reader
+    USING ((SELECT fleet_login_role()) IN ('worker', 'operator')
+           OR ((SELECT fleet_login_role()) = 'reader' AND node_id IN (SELECT id FROM nodes)))
+    WITH CHECK ((SELECT fleet_login_role()) = 'worker');
