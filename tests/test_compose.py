@@ -552,7 +552,7 @@ def test_migrate_retries_the_upgrade_then_makes_the_logins(tmp_path: Path) -> No
             "fleet_dispatcher_login",
             "fleet_api_login",
             "fleet_watch_login",
-        )  # fmt: skip
+        )
     ]
 
 

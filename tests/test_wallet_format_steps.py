@@ -111,7 +111,9 @@ def node(current_version: str | None, wallet_initialised: bool = True) -> NodeSn
         id=7, name="carol", owner="tester", region="eu-west-1", instance_type="t3.small",
         network="regtest", current_version=current_version, target_version=NEW.version,
         state="update", instance_id="i-0123456789abcdef0", address="127.0.0.9",
-        node_pubkey="02" + "ab" * 32, ssh_host_key="ssh-ed25519 AAAA", attempts=0,
+        # A node that never ran has no pubkey recorded yet.
+        node_pubkey="02" + "ab" * 32 if wallet_initialised else None,
+        ssh_host_key="ssh-ed25519 AAAA", attempts=0,
         step_run=3, wallet_initialised=wallet_initialised, launch_generation=0,
     )  # fmt: skip
 
@@ -228,3 +230,13 @@ def wallet_reinit_note() -> str:
         "wallet re-initialised from the stored mnemonic after an update across a"
         " wallet-format break: on-chain funds recovered, channel state lost"
     )
+
+
+def test_a_wallet_that_ran_and_is_gone_is_never_initialised_again() -> None:
+    """NotInitialized from a node whose pubkey the fleet recorded, with no re-initialisation
+    under way: its storage dir was lost, and /init would lose the channels' state."""
+    fake = context(None)
+    api = FakeApi(unlock_errors=["NotInitialized"])
+    with pytest.raises(HoldNode, match=r"is gone from its host \(NotInitialized\)"):
+        wallet._unlock(typed(fake), cast(NodeApi, api), PASSWORD, MNEMONIC)
+    assert api.inits == []
