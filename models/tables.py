@@ -241,3 +241,42 @@ class NodeHealthRow(Base):
     height: Mapped[int | None] = mapped_column(BigInteger)
     height_at: Mapped[datetime | None] = mapped_column(Timestamp)
     probes: Mapped[int] = mapped_column(BigInteger, server_default=BY_DATABASE)
+
+
+class RolloutRow(Base):
+    """A release rolled across nodes (models/rollouts.py)."""
+
+    __tablename__ = "rollouts"
+    __table_args__ = (Index("rollouts_running", "id", postgresql_where=text("status = 'running'")),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    to_version: Mapped[str] = mapped_column(Text, ForeignKey("releases.version"))
+    where_state: Mapped[str | None] = mapped_column(Text)
+    where_region: Mapped[str | None] = mapped_column(Text)
+    where_owner: Mapped[str | None] = mapped_column(Text)
+    batch_size: Mapped[int] = mapped_column(Integer)
+    max_unavailable: Mapped[int] = mapped_column(Integer)
+    max_failures: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(Text, server_default=BY_DATABASE)
+    paused_reason: Mapped[str | None] = mapped_column(Text)
+    failures_resumed: Mapped[int] = mapped_column(Integer, server_default=BY_DATABASE)
+    batches_started: Mapped[int] = mapped_column(Integer, server_default=BY_DATABASE)
+    requested_by: Mapped[str] = mapped_column(Text, server_default=BY_DATABASE)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)
+
+
+class RolloutNodeRow(Base):
+    __tablename__ = "rollout_nodes"
+    __table_args__ = (
+        Index("rollout_nodes_one_at_a_time", "node_id", unique=True,
+              postgresql_where=text("phase IN ('pending', 'updating', 'starting')")),
+    )  # fmt: skip
+
+    rollout_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("rollouts.id"), primary_key=True)
+    node_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("nodes.id"), primary_key=True)
+    was_state: Mapped[str] = mapped_column(Text)
+    phase: Mapped[str] = mapped_column(Text, server_default=BY_DATABASE)
+    batch: Mapped[int | None] = mapped_column(Integer)
+    phase_at: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)
+    error: Mapped[str | None] = mapped_column(Text)

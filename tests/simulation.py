@@ -6,7 +6,9 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +17,12 @@ import asyncssh
 import pytest
 
 from jobs.config import ChainBackend, RegionConfig
+from models.logins import FleetRole
 from models.secrets import KeyRing
 from sim.cloud import SimCloud, SimSettings, fleet_chain
 from sim.host import SimHost
 from sim.iam_aws import EnforcingMotoServer
+from tests.conftest import role_url
 from worker.settings import FleetSettings
 
 REGION = "eu-west-1"
@@ -141,3 +145,40 @@ def env_for(settings: FleetSettings, aws_credentials: tuple[str, str]) -> dict[s
 
 def release_sha256() -> str:
     return hashlib.sha256(RELEASE_ARTIFACT).hexdigest()
+
+
+# Small enough for a test, large enough that a probe is never still running at the next.
+WATCH_SETTINGS = {
+    "FLEET_WATCH_INTERVAL_SECONDS": "0.5",
+    "FLEET_WATCH_REFRESH_SECONDS": "0.3",
+    "FLEET_WATCH_PROBE_TIMEOUT_SECONDS": "3",
+    "FLEET_WATCH_UNREACHABLE_HOLD_SECONDS": "3",
+}
+
+
+@pytest.fixture
+def watch_env(simulation: Simulation, db_url: str, logins: dict[FleetRole, str]) -> dict[str, str]:
+    return simulation.env | WATCH_SETTINGS | {"FLEET_DATABASE_URL": role_url(db_url, "watch")}
+
+
+@pytest.fixture
+def start_watch(
+    watch_env: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(**settings: str) -> subprocess.Popen[bytes]:
+        with open(tmp_path / "watch.log", "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "worker", "watch"],
+                env=watch_env | settings,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.terminate()
+        process.wait(timeout=15)

@@ -4,55 +4,17 @@ Each fault is made on a live node; the watch must find it and heal it (the worke
 bring the node back live) or hold it with its cause, with no operator action."""
 
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from mnemonic import Mnemonic
 
-from models.logins import FleetRole
-from tests.conftest import add_nodes, fetch, held_with, role_url, wait_until
+from tests.conftest import add_nodes, fetch, held_with, wait_until
 from tests.simulation import Simulation
 from tests.test_lifecycle import reach
 from worker.dispatcher import Dispatcher
 
 StartWorker = Callable[..., subprocess.Popen[bytes]]
-# Small enough for a test, large enough that a probe is never still running at the next.
-WATCH_SETTINGS = {
-    "FLEET_WATCH_INTERVAL_SECONDS": "0.5",
-    "FLEET_WATCH_REFRESH_SECONDS": "0.3",
-    "FLEET_WATCH_PROBE_TIMEOUT_SECONDS": "3",
-    "FLEET_WATCH_UNREACHABLE_HOLD_SECONDS": "3",
-}
-
-
-@pytest.fixture
-def watch_env(simulation: Simulation, db_url: str, logins: dict[FleetRole, str]) -> dict[str, str]:
-    return simulation.env | WATCH_SETTINGS | {"FLEET_DATABASE_URL": role_url(db_url, "watch")}
-
-
-@pytest.fixture
-def start_watch(
-    watch_env: dict[str, str], tmp_path: Path
-) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(**settings: str) -> subprocess.Popen[bytes]:
-        with open(tmp_path / "watch.log", "ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "worker", "watch"],
-                env=watch_env | settings,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.terminate()
-        process.wait(timeout=15)
 
 
 def live_node(simulation: Simulation, db_url: str, start_worker: StartWorker, name: str) -> int:

@@ -32,6 +32,7 @@ from models.session import engine_for, transaction
 from models.states import is_state
 from models.tables import SecretRow
 from worker.cli_errors import BAD_INPUT, Failure, explain
+from worker.cli_rollout import rollout_app
 from worker.logs import configure_logging
 from worker.settings import settings
 
@@ -42,6 +43,7 @@ app.add_typer(db_app, name="db")
 release_app = typer.Typer(no_args_is_help=True, help="Releases nodes can be updated to.")
 app.add_typer(node_app, name="node")
 app.add_typer(release_app, name="release")
+app.add_typer(rollout_app, name="rollout")
 secrets_app = typer.Typer(no_args_is_help=True, help="Sealed secrets and the keys that seal them.")
 app.add_typer(secrets_app, name="secrets")
 

@@ -40,6 +40,8 @@ RECONNECT_SECONDS = 1.0
 MIN_SWEEP_GAP_SECONDS = 0.02
 # Leases last tens of seconds: looking for expired ones on every sweep bought nothing.
 LEASE_CHECK_SECONDS = 1.0
+# Rollouts move on a step per node at most every few seconds: a turn a second is plenty.
+ROLLOUT_TURN_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class Dispatcher:
         self.name = process_name("dispatcher")
         self.engine: Engine = engine_for(config.database_url, self.name)
         self._gauges_at = 0.0
+        self._rollouts_at = -math.inf
         self.steps = StepQueue(
             redis,
             config.queue_name,
@@ -75,6 +78,7 @@ class Dispatcher:
             log.info("dispatched", enqueued=enqueued, due=len(due))
         metrics.ENQUEUED.inc(enqueued)
         self._update_gauges()
+        self._drive_rollouts()
         return SweepReport(due=len(due), enqueued=enqueued, expired_leases=len(expired))
 
     def _expire_leases(self) -> list[Row[Any]]:
@@ -99,6 +103,16 @@ class Dispatcher:
             metrics.NODES.labels(row.state).set(row.nodes)
             metrics.HELD.labels(row.state).set(row.held)
             metrics.DUE.labels(row.state).set(row.due)
+
+    def _drive_rollouts(self) -> None:
+        """One turn of every running rollout (fleet_advance_rollouts), once a second."""
+        if time.monotonic() - self._rollouts_at < ROLLOUT_TURN_SECONDS:
+            return
+        self._rollouts_at = time.monotonic()
+        with self.engine.begin() as connection:
+            moved = connection.execute(query("advance_rollouts")).scalar_one()
+        if moved:
+            log.info("rollouts moved nodes", moved=moved)
 
     def reconcile(self) -> None:
         """Report what cloud and rows disagree on; hold rows whose instance is gone;

@@ -384,3 +384,209 @@ BEGIN
     RETURN made;
 END
 $$;
+
+-- Rollouts (0007_rollouts.sql). Starting one chooses its nodes at once: live or stopped,
+-- not held, matching the selection, not on the release yet, in no other rollout. A
+-- percentage batch is of that count, rounded up. Operators (the CLI) and the API's
+-- admins only. Returns the rollout's id.
+CREATE OR REPLACE FUNCTION fleet_start_rollout(
+    version text, only_state text, only_region text, only_owner text,
+    batch integer, batch_percent integer, unavailable integer, failures integer
+) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    made bigint;
+    chosen integer;
+BEGIN
+    IF fleet_login_role() IS DISTINCT FROM 'operator' AND fleet_login_role() IS DISTINCT FROM 'api' THEN
+        RAISE EXCEPTION 'only an operator or the API may start a rollout' USING ERRCODE = 'FL030';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM releases WHERE releases.version = fleet_start_rollout.version) THEN
+        RAISE EXCEPTION 'no release %: add it first (fleet release add)', version
+            USING ERRCODE = 'FL031';
+    END IF;
+    INSERT INTO rollouts (to_version, where_state, where_region, where_owner, batch_size,
+                          max_unavailable, max_failures)
+    VALUES (version, only_state, only_region, only_owner, greatest(coalesce(batch, 1), 1),
+            greatest(coalesce(unavailable, batch, 1), 1), coalesce(failures, 0))
+    RETURNING id INTO made;
+    INSERT INTO rollout_nodes (rollout_id, node_id, was_state)
+    SELECT made, n.id, n.state FROM nodes n
+    WHERE n.state IN ('live', 'stopped') AND n.state = coalesce(only_state, n.state)
+      AND n.region = coalesce(only_region, n.region) AND n.owner = coalesce(only_owner, n.owner)
+      AND NOT n.held AND n.current_version IS DISTINCT FROM version
+      AND NOT EXISTS (SELECT 1 FROM rollout_nodes o WHERE o.node_id = n.id
+                      AND o.phase IN ('pending', 'updating', 'starting'));
+    GET DIAGNOSTICS chosen = ROW_COUNT;
+    IF chosen = 0 THEN
+        RAISE EXCEPTION 'no node to roll out %: none live or stopped, unheld, matching and on another release (nor in another rollout)', version
+            USING ERRCODE = 'FL032';
+    END IF;
+    IF batch_percent IS NOT NULL THEN
+        UPDATE rollouts SET batch_size = greatest(ceil(chosen * batch_percent / 100.0)::integer, 1),
+                            max_unavailable = coalesce(unavailable,
+                                                       greatest(ceil(chosen * batch_percent / 100.0)::integer, 1))
+        WHERE id = made;
+    END IF;
+    RETURN made;
+END
+$$;
+
+-- Pause, resume or abort a rollout (operators and the API's admins). Resuming accepts the
+-- failures seen so far: only later ones spend the budget again. Aborting leaves every
+-- node as it is: those whose update already began finish that update (and end stopped),
+-- the rest are never touched. Returns the rollout's status after the change.
+CREATE OR REPLACE FUNCTION fleet_steer_rollout(rollout bigint, action text, reason text)
+RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    now_status text;
+BEGIN
+    IF fleet_login_role() IS DISTINCT FROM 'operator' AND fleet_login_role() IS DISTINCT FROM 'api' THEN
+        RAISE EXCEPTION 'only an operator or the API may steer a rollout' USING ERRCODE = 'FL030';
+    END IF;
+    SELECT status INTO now_status FROM rollouts WHERE id = rollout FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no rollout %', rollout USING ERRCODE = 'FL033';
+    END IF;
+    IF now_status IN ('aborted', 'done') THEN
+        RAISE EXCEPTION 'rollout % is %: nothing to %', rollout, now_status, action
+            USING ERRCODE = 'FL034';
+    END IF;
+    IF action = 'pause' THEN
+        UPDATE rollouts SET status = 'paused', paused_reason = left(reason, 1000), updated_at = now()
+        WHERE id = rollout;
+    ELSIF action = 'resume' THEN
+        UPDATE rollouts
+        SET status = 'running', paused_reason = NULL, updated_at = now(),
+            failures_resumed = (SELECT count(*) FROM rollout_nodes
+                                WHERE rollout_id = rollout AND phase = 'failed')
+        WHERE id = rollout;
+    ELSIF action = 'abort' THEN
+        UPDATE rollout_nodes SET phase = 'skipped', phase_at = now(),
+               error = CASE phase WHEN 'pending' THEN 'rollout aborted: not touched'
+                                  ELSE 'rollout aborted during its ' || phase END
+        WHERE rollout_id = rollout AND phase IN ('pending', 'updating', 'starting');
+        UPDATE rollouts SET status = 'aborted', paused_reason = left(reason, 1000), updated_at = now()
+        WHERE id = rollout;
+    ELSE
+        RAISE EXCEPTION 'unknown rollout action %', action USING ERRCODE = 'FL035';
+    END IF;
+    RETURN (SELECT status FROM rollouts WHERE id = rollout);
+END
+$$;
+
+-- One turn of every running rollout, by the dispatcher (once a second). Each node of a
+-- batch goes update -> stopped on the new release, and, if it was live, start -> live and
+-- then healthy as the watch sees it (a probe after its start found it ok); only then is
+-- it done. The next batch begins when the last one has finished, with at most
+-- max_unavailable nodes in it. A node held (or moved elsewhere) during its update is a
+-- failure; more failures than max_failures pause the rollout with the cause. Returns the
+-- number of nodes it moved.
+CREATE OR REPLACE FUNCTION fleet_advance_rollouts() RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    r rollouts%ROWTYPE;
+    moved integer := 0;
+    failed_now integer;
+    causes text;
+    member record;
+BEGIN
+    IF fleet_login_role() IS DISTINCT FROM 'dispatcher' THEN
+        RAISE EXCEPTION 'only the dispatcher drives rollouts' USING ERRCODE = 'FL030';
+    END IF;
+    FOR r IN SELECT * FROM rollouts WHERE status = 'running' ORDER BY id FOR UPDATE SKIP LOCKED LOOP
+        -- Failures: held, or taken elsewhere by someone else.
+        UPDATE rollout_nodes rn
+        SET phase = 'failed', phase_at = now(),
+            error = left(CASE WHEN n.held THEN coalesce(n.last_error, 'held')
+                              ELSE format('moved to %s outside the rollout', n.state) END, 1000)
+        FROM nodes n
+        WHERE rn.rollout_id = r.id AND rn.node_id = n.id
+          AND ((rn.phase = 'updating' AND (n.held OR n.state NOT IN ('update', 'stopped')))
+            OR (rn.phase = 'starting' AND (n.held OR n.state NOT IN ('start', 'wallet', 'live'))));
+        -- Updated: stopped on the new release. A live one is started again.
+        FOR member IN
+            SELECT rn.node_id, rn.was_state FROM rollout_nodes rn JOIN nodes n ON n.id = rn.node_id
+            WHERE rn.rollout_id = r.id AND rn.phase = 'updating' AND n.state = 'stopped'
+              AND n.current_version = r.to_version AND NOT n.held
+        LOOP
+            IF member.was_state = 'live' THEN
+                UPDATE nodes SET state = 'start' WHERE id = member.node_id;
+                UPDATE rollout_nodes SET phase = 'starting', phase_at = now()
+                WHERE rollout_id = r.id AND node_id = member.node_id;
+                moved := moved + 1;
+            ELSE
+                UPDATE rollout_nodes SET phase = 'done', phase_at = now()
+                WHERE rollout_id = r.id AND node_id = member.node_id;
+            END IF;
+        END LOOP;
+        -- Started: live, and the watch found it ok after its start.
+        UPDATE rollout_nodes rn SET phase = 'done', phase_at = now()
+        FROM nodes n, node_health h
+        WHERE rn.rollout_id = r.id AND rn.phase = 'starting' AND n.id = rn.node_id
+          AND h.node_id = rn.node_id AND n.state = 'live' AND NOT n.held
+          AND h.status = 'ok' AND h.last_probe > rn.phase_at;
+        SELECT count(*), string_agg(format('%s: %s', n.name, rn.error), '; ' ORDER BY rn.phase_at)
+        INTO failed_now, causes
+        FROM rollout_nodes rn JOIN nodes n ON n.id = rn.node_id
+        WHERE rn.rollout_id = r.id AND rn.phase = 'failed';
+        IF failed_now - r.failures_resumed > r.max_failures THEN
+            UPDATE rollouts
+            SET status = 'paused', updated_at = now(),
+                paused_reason = left(format('%s nodes failed (budget %s): %s',
+                                            failed_now - r.failures_resumed, r.max_failures, causes), 1000)
+            WHERE id = r.id;
+            CONTINUE;
+        END IF;
+        IF EXISTS (SELECT 1 FROM rollout_nodes WHERE rollout_id = r.id
+                   AND phase IN ('updating', 'starting')) THEN
+            CONTINUE;  -- the batch in flight is not finished
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM rollout_nodes WHERE rollout_id = r.id AND phase = 'pending') THEN
+            UPDATE rollouts SET status = 'done', updated_at = now() WHERE id = r.id;
+            CONTINUE;
+        END IF;
+        moved := moved + fleet_begin_rollout_batch(r);
+    END LOOP;
+    RETURN moved;
+END
+$$;
+
+-- The next batch of a rollout: its pending nodes, in id order, as many as the batch and
+-- max_unavailable allow; each asked for update now (or skipped, when it is no longer live
+-- or stopped and unheld). Part of fleet_advance_rollouts.
+CREATE OR REPLACE FUNCTION fleet_begin_rollout_batch(r rollouts) RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    member record;
+    moved integer := 0;
+    number integer := r.batches_started + 1;
+BEGIN
+    FOR member IN
+        SELECT rn.node_id, n.name, n.state, n.held FROM rollout_nodes rn
+        JOIN nodes n ON n.id = rn.node_id
+        WHERE rn.rollout_id = r.id AND rn.phase = 'pending'
+        ORDER BY rn.node_id LIMIT least(r.batch_size, r.max_unavailable)
+        FOR UPDATE OF n
+    LOOP
+        IF member.held OR member.state NOT IN ('live', 'stopped') THEN
+            UPDATE rollout_nodes SET phase = 'skipped', phase_at = now(), batch = number,
+                   error = format('%s when its batch began: not touched',
+                                  CASE WHEN member.held THEN 'held' ELSE member.state END)
+            WHERE rollout_id = r.id AND node_id = member.node_id;
+            CONTINUE;
+        END IF;
+        UPDATE nodes SET target_version = r.to_version, state = 'update' WHERE id = member.node_id;
+        UPDATE rollout_nodes SET phase = 'updating', phase_at = now(), batch = number,
+                                 was_state = member.state
+        WHERE rollout_id = r.id AND node_id = member.node_id;
+        INSERT INTO node_history (node_id, event, from_state, to_state, actor, login, attempt, detail)
+        VALUES (member.node_id, 'note', member.state, 'update', fleet_actor(), session_user, 0,
+                format('rollout %s to %s: batch %s', r.id, r.to_version, number));
+        moved := moved + 1;
+    END LOOP;
+    UPDATE rollouts SET batches_started = number, updated_at = now() WHERE id = r.id;
+    RETURN moved;
+END
+$$;

@@ -172,3 +172,23 @@ CREATE POLICY wallet_reinits_of_this_fleet ON wallet_reinits
     USING ((SELECT fleet_login_role()) IN ('worker', 'operator')
            OR ((SELECT fleet_login_role()) = 'reader' AND node_id IN (SELECT id FROM nodes)))
     WITH CHECK ((SELECT fleet_login_role()) = 'worker');
+
+-- Rollouts (0007_rollouts.sql): started and steered through their functions only, by
+-- operators and the API (its admins); driven by the dispatcher; read by the fleet's
+-- readers. An owner-bound reader sees the rollout rows of its own nodes only.
+GRANT SELECT ON rollouts, rollout_nodes
+    TO fleet_api, fleet_reader, fleet_dispatcher, fleet_operator;
+GRANT EXECUTE ON FUNCTION
+    fleet_start_rollout(text, text, text, text, integer, integer, integer, integer),
+    fleet_steer_rollout(bigint, text, text)
+    TO fleet_operator, fleet_api;
+GRANT EXECUTE ON FUNCTION fleet_advance_rollouts() TO fleet_dispatcher;
+ALTER TABLE rollout_nodes ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS rollout_nodes_fleet_wide ON rollout_nodes;
+CREATE POLICY rollout_nodes_fleet_wide ON rollout_nodes
+    TO fleet_api, fleet_dispatcher, fleet_operator
+    USING ((SELECT fleet_login_role()) IS NOT NULL);
+DROP POLICY IF EXISTS rollout_nodes_of_owner ON rollout_nodes;
+CREATE POLICY rollout_nodes_of_owner ON rollout_nodes
+    TO fleet_reader
+    USING (node_id IN (SELECT id FROM nodes));

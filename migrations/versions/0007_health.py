@@ -1,5 +1,5 @@
 """Keeping live nodes live and real deployments: the health watch, wallet formats of
-releases, EC2 launch pauses.
+releases, EC2 launch pauses, rollouts.
 
 Revision ID: 0007_health
 Revises: 0006_bad_input
@@ -16,6 +16,7 @@ def upgrade() -> None:
     # order; the functions and privileges they need live in functions.sql/privileges.sql.
     apply_sql("0007_watch.sql")
     apply_sql("0007_wallet_format.sql")
+    apply_sql("0007_rollouts.sql")
 
 
 def downgrade() -> None:

@@ -1,0 +1,1 @@
+SELECT fleet_advance_rollouts() AS moved

@@ -1,0 +1,1 @@
+SELECT fleet_steer_rollout(:rollout, :action, :reason) AS status
