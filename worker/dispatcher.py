@@ -16,7 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import Engine, Row
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from jobs.ec2 import Ec2Cloud, UnknownRegion
 from models.identity import fleet_id
@@ -109,8 +109,13 @@ class Dispatcher:
         if time.monotonic() - self._rollouts_at < ROLLOUT_TURN_SECONDS:
             return
         self._rollouts_at = time.monotonic()
-        with self.engine.begin() as connection:
-            moved = connection.execute(query("advance_rollouts")).scalar_one()
+        try:
+            with self.engine.begin() as connection:
+                moved = connection.execute(query("advance_rollouts")).scalar_one()
+        except ProgrammingError as exc:
+            # A rollout that cannot move (a bug, a missing grant) must not stop dispatching.
+            log.error("rollouts did not move", error=str(exc.orig).splitlines()[0])
+            return
         if moved:
             log.info("rollouts moved nodes", moved=moved)
 
