@@ -26,6 +26,7 @@ from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from models import backups, logins, nodes, placement, releases, reseal, secrets
 from models.errors import BadInput
 from models.identity import fleet_id
+from models.launch_pauses import pauses_in_force
 from models.nodes import NodeRecord
 from models.session import engine_for, transaction
 from models.states import is_state
@@ -454,9 +455,11 @@ def new_secret_key() -> None:
 
 @app.command("status")
 def status(as_json: JsonFlag = False) -> None:
-    """Nodes per state (the fleet_status view)."""
+    """Nodes per state (the fleet_status view), and the regions whose launches are paused
+    (the fleet_launch_pauses view)."""
     with operator_session() as session:
         rows = session.execute(text("SELECT * FROM fleet_status")).mappings().all()
+        pauses = pauses_in_force(session.connection())
     if as_json:
         print_json([dict(r) for r in rows])
         return
@@ -473,6 +476,8 @@ def status(as_json: JsonFlag = False) -> None:
             since.isoformat(timespec="seconds") if since else "",
         )
     out.print(table)
+    for pause in pauses:
+        out.print(pause.reason(), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("dispatcher")

@@ -14,7 +14,7 @@ down_revision = "0006_bad_input"
 def upgrade() -> None:
     # Each topic's DDL is its own file (migrations/sql/0007_<topic>.sql), applied here in
     # order; the functions and privileges they need live in functions.sql/privileges.sql.
-    pass
+    apply_sql("0007_launch_pauses.sql")
 
 
 def downgrade() -> None:
