@@ -16,7 +16,7 @@ from jobs.config import RegionConfig
 from sim.aws import LaunchCall
 from tests.conftest import add_nodes, fetch, wait_until
 from tests.simulation import REGION, Simulation
-from tests.test_lifecycle import reach
+from tests.test_lifecycle import reach, request
 from tests.test_step_faults import StartWorker
 from worker.dispatcher import Dispatcher
 
@@ -99,6 +99,25 @@ def test_no_capacity_anywhere_pauses_longer_each_round_and_is_never_held(
     launches.refuse_with = None
     reach(db_url, [node_id], "live")
     assert len(simulation.instances_of(node_id)) == 1
+
+
+def test_a_node_paused_for_capacity_is_destroyed_without_waiting_for_its_launch(
+    simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
+) -> None:
+    """A refused launch made nothing: it is not in flight, and destroy does not wait out
+    its call's deadline (minutes: FLEET_EC2_MAX_RETRIES x ...) for an instance that
+    cannot come."""
+    env = with_subnets(simulation, pause=60.0, max_pause=60.0)
+    launches = simulation.cloud.launches
+    launches.refuse_with = "InsufficientInstanceCapacity"
+    [node_id] = add_nodes(db_url, ["no-room"])
+    start_worker(env=env)
+    wait_until(lambda: len(refused(launches.calls)) == 2, 30, "both subnets refuse")
+    started = time.monotonic()
+    request(db_url, [node_id], "destroy")
+    reach(db_url, [node_id], "destroyed", timeout=30)
+    assert time.monotonic() - started < 20
+    assert simulation.instances_of(node_id) == []
 
 
 def paused_gauge(region: str) -> float | None:
