@@ -112,11 +112,12 @@ def _tagged_instance(context: StepContext) -> Instance | None:
 
 def _unknown_to_ec2(context: StepContext, instance_id: str) -> Instance | Wait | None:
     """EC2 does not know the recorded instance: too new to show yet (launched moments ago,
-    never seen running), or terminated over an hour ago (EC2 forgets them). By tag, then by the tokens of this generation's
-    launches: a launch EC2 shows is the node's instance (terminated or not); a launch of
-    this generation that EC2 shows nothing of is gone, and launching again with its token
-    could only bring it back (held: an operator destroys or replaces the node). With no
-    launch of this generation, the recorded instance was an earlier one's: launch."""
+    never seen running), or terminated over an hour ago (EC2 forgets them). By tag, then
+    by the tokens of this generation's launches: a launch EC2 shows is the node's
+    instance (terminated or not); a launch of this generation that EC2 shows nothing of
+    is gone, and launching again with its token could only bring it back (held: an
+    operator destroys or replaces the node). With no launch of this generation, the
+    recorded instance was an earlier one's: launch."""
     node, tools = context.node, context.tools
     tagged = _tagged_instance(context)
     if tagged is not None:
