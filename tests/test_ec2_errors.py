@@ -69,7 +69,7 @@ def forget_terminated(simulation: Simulation, instance_id: str) -> None:
         try:
             ec2.describe_instances(InstanceIds=[instance_id])
         except ClientError as exc:
-            return exc.response["Error"]["Code"] == "InvalidInstanceID.NotFound"
+            return str(exc.response["Error"]["Code"]) == "InvalidInstanceID.NotFound"
         return False
 
     wait_until(forgotten, 10, f"EC2 forgets {instance_id}")

@@ -84,14 +84,14 @@ def test_a_terminated_instance_is_forgotten_as_ec2_forgets_it() -> None:
         [shown] = ec2.describe_instances(InstanceIds=[ended])["Reservations"]
         assert shown["Instances"][0]["State"]["Name"] == "terminated"  # for a while
         time.sleep(0.6)
-        for call in (
-            lambda: ec2.describe_instances(InstanceIds=[ended]),
-            lambda: ec2.describe_instances(InstanceIds=[kept, ended]),
-            lambda: ec2.terminate_instances(InstanceIds=[ended]),
-            lambda: ec2.start_instances(InstanceIds=[ended]),
+        for action, ids in (
+            ("describe_instances", [ended]),
+            ("describe_instances", [kept, ended]),
+            ("terminate_instances", [ended]),
+            ("start_instances", [ended]),
         ):
             with pytest.raises(ClientError) as refused:
-                call()
+                getattr(ec2, action)(InstanceIds=ids)
             assert refused.value.response["Error"]["Code"] == "InvalidInstanceID.NotFound"
         assert all_instances(ec2) == [kept]
         by_token = [{"Name": "client-token", "Values": ["node-1"]}]
