@@ -141,7 +141,12 @@ def test_a_quota_pauses_every_launch_in_the_region(
     launches.refuse_with = "VcpuLimitExceeded"
     [first] = add_nodes(db_url, ["quota-1"])
     start_worker(env=env)
-    wait_until(lambda: launches.refused == 1, 30, "the quota refuses the first launch")
+    wait_until(
+        lambda: fetch(db_url, "SELECT count(*) FROM launch_pauses") == [(1,)],
+        30,
+        "the quota refuses the first launch and the region pauses",
+    )
+    assert launches.refused == 1
     [(kind, code, refusals)] = fetch(db_url, "SELECT kind, code, refusals FROM launch_pauses")
     assert (kind, code, refusals) == ("quota", "VcpuLimitExceeded", 1)
     [second] = add_nodes(db_url, ["quota-2"])
