@@ -1,10 +1,11 @@
 """What the steps need to know about the cloud, the hosts and the nodes' chain backend.
 Read from the environment (prefix FLEET_); worker/settings.py extends it for the runtime."""
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobs.user_data import compressed_user_data
@@ -16,6 +17,7 @@ from models.session import DatabaseUrl
 RPC_HOST = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^\[[0-9A-Fa-f:.]+\]$"
 # An indexer as upstream's check_indexer_url takes it: electrum (tcp:// or ssl://, or a
 # bare host:port) or esplora (http:// or https://).
+SUBNET_ID = re.compile(r"subnet-[0-9a-f]{8,32}")
 INDEXER_URL = r"^((tcp|ssl|https?)://)?[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^\s]*)?$"
 
 
@@ -31,6 +33,10 @@ class RegionConfig(RegionOffer):
     ami: str
     key_name: str | None = None
     security_group_ids: list[str] = Field(default_factory=list)
+    # The subnets (one per availability zone, say) a launch may go to, in order: when EC2
+    # has no capacity for the type in one, the node's next launch tries the next. None:
+    # the default VPC's choice. `subnet_id` is the one-subnet form of older settings.
+    subnet_ids: list[str] = Field(default_factory=list)
     subnet_id: str | None = None
     iam_instance_profile: str | None = None
     # A cloud-init file sent as the launch's user data (gzip-compressed), for an AMI that
@@ -40,6 +46,23 @@ class RegionConfig(RegionOffer):
     # its root volume encrypted, of this size. The golden image needs none: its snapshot
     # is encrypted (encrypt_boot), and so is every volume made from it.
     root_volume: RootVolume | None = None
+
+    @model_validator(mode="after")
+    def _one_list_of_subnets(self) -> "RegionConfig":
+        if self.subnet_id is not None and self.subnet_ids:
+            raise ValueError("give subnet_ids or subnet_id, not both")
+        named = [subnet for subnet in self.subnets() if subnet is not None]
+        if len(set(named)) != len(named):
+            raise ValueError("subnet_ids names a subnet twice")
+        if any(not SUBNET_ID.fullmatch(subnet) for subnet in named):
+            raise ValueError("each subnet must be an EC2 subnet id (subnet-...)")
+        return self
+
+    def subnets(self) -> list[str | None]:
+        """Where launches may go, in the order they are tried ([None]: EC2 chooses)."""
+        if self.subnet_ids:
+            return list(self.subnet_ids)
+        return [self.subnet_id] if self.subnet_id else [None]
 
     @field_validator("user_data")
     @classmethod
@@ -89,9 +112,12 @@ class StepSettings(BaseSettings):
     # Per attempt. botocore's default (60 s) would park a worker behind one lost request
     # for a minute; a step that times out is simply retried.
     aws_timeout_seconds: float = Field(default=10.0, gt=0)
-    # How long a launch waits when EC2 has no room for its type (capacity comes back in
-    # minutes); twice that when the account hit its quota. Not counted as an attempt.
+    # How long a launch waits when EC2 has no room for its type in any of the region's
+    # subnets (capacity comes back in minutes), twice that when the account hit its quota
+    # (then every launch in the region waits); doubled on each refusal in a row, up to the
+    # max. Never counted as an attempt, never held by the wait limit.
     ec2_pause_seconds: float = Field(default=30.0, gt=0)
+    ec2_pause_max_seconds: float = Field(default=900.0, gt=0)
 
     # SSH to the hosts (the golden image's host agent).
     ssh_user: str = "fleet"

@@ -62,20 +62,24 @@ class Instance:
         return self.fleet_id() == fleet_id and self.node_id() == node_id
 
 
-def client_token(fleet_id: str, node_id: int, launch_generation: int) -> str:
-    """The launch's idempotency token: one per fleet, node and launch generation. At most
-    64 ASCII characters (EC2's limit): 32 hex + two numbers, never cut, never shared."""
-    return f"{fleet_id}-{node_id}-{launch_generation}"
+def client_token(fleet_id: str, node_id: int, launch_generation: int, subnet_slot: int = 0) -> str:
+    """The launch's idempotency token: one per fleet, node, launch generation and subnet
+    (EC2 refuses a token repeated with other parameters, and another subnet is one). At
+    most 64 ASCII characters (EC2's limit): 32 hex + three numbers, never cut, never
+    shared. The first subnet's token is the one launches had before subnets were tried."""
+    token = f"{fleet_id}-{node_id}-{launch_generation}"
+    return token if subnet_slot == 0 else f"{token}-s{subnet_slot}"
 
 
 def launch_request(
-    node: NodeSnapshot, region: RegionConfig, fleet_id: str, fleet_tag: str
+    node: NodeSnapshot, region: RegionConfig, fleet_id: str, fleet_tag: str, subnet_slot: int = 0
 ) -> dict[str, Any]:
-    """RunInstances' parameters for the node: the same on every run of its launch (the
-    ClientToken promises EC2 an identical request). The instance and its volumes carry the
-    fleet's tags from their first moment (the IAM policy can require them); the instance
-    metadata service answers only IMDSv2 session requests, one hop, so a process on the
-    host that is tricked into fetching a URL cannot read the instance role's credentials."""
+    """RunInstances' parameters for the node in the region's subnet_slot'th subnet: the
+    same on every run of that launch (its ClientToken promises EC2 an identical request).
+    The instance and its volumes carry the fleet's tags from their first moment (the IAM
+    policy can require them); the instance metadata service answers only IMDSv2 session
+    requests, one hop, so a process on the host that is tricked into fetching a URL
+    cannot read the instance role's credentials."""
     tags = [
         {"Key": k, "Value": v}
         for k, v in {
@@ -91,7 +95,7 @@ def launch_request(
         "InstanceType": node.instance_type,
         "MinCount": 1,
         "MaxCount": 1,
-        "ClientToken": client_token(fleet_id, node.id, node.launch_generation),
+        "ClientToken": client_token(fleet_id, node.id, node.launch_generation, subnet_slot),
         "TagSpecifications": [
             {"ResourceType": kind, "Tags": tags} for kind in ("instance", "volume")
         ],
@@ -105,8 +109,8 @@ def launch_request(
         request["KeyName"] = region.key_name
     if region.security_group_ids:
         request["SecurityGroupIds"] = region.security_group_ids
-    if region.subnet_id:
-        request["SubnetId"] = region.subnet_id
+    if (subnet := region.subnets()[subnet_slot]) is not None:
+        request["SubnetId"] = subnet
     if region.iam_instance_profile:
         request["IamInstanceProfile"] = {"Name": region.iam_instance_profile}
     if region.user_data:
@@ -130,11 +134,15 @@ class Cloud(Protocol):
 
     def find_launch(self, region: str, client_token: str) -> list[Instance]: ...
 
-    def launch(self, node: NodeSnapshot) -> Instance: ...
+    def subnets(self, region: str) -> list[str | None]: ...
+
+    def launch(self, node: NodeSnapshot, subnet_slot: int = 0) -> Instance: ...
 
     def describe(self, region: str, instance_id: str) -> Instance | None: ...
 
     def terminate(self, region: str, instance_id: str) -> None: ...
+
+    def start(self, region: str, instance_id: str) -> None: ...
 
     def adopt(self, region: str, instance_id: str) -> None: ...
 
@@ -167,9 +175,13 @@ class Ec2Cloud:
         launch in flight made once EC2 shows it, terminated ones included."""
         return self._describe(region, Filters=[{"Name": "client-token", "Values": [client_token]}])
 
-    def launch(self, node: NodeSnapshot) -> Instance:
+    def subnets(self, region: str) -> list[str | None]:
+        return self._region(region).subnets()
+
+    def launch(self, node: NodeSnapshot, subnet_slot: int = 0) -> Instance:
         region = self._region(node.region)
-        request = launch_request(node, region, self.fleet_id, self.settings.fleet_tag)
+        tag = self.settings.fleet_tag
+        request = launch_request(node, region, self.fleet_id, tag, subnet_slot)
         answer = self._client(node.region).run_instances(**request)
         LAUNCHES.inc()
         LAUNCH_RETRIES.inc(answer.get("ResponseMetadata", {}).get("RetryAttempts", 0))
@@ -192,6 +204,12 @@ class Ec2Cloud:
         except ClientError as exc:
             if (error := classify(exc)) is None or error.kind != "gone":
                 raise
+
+    def start(self, region: str, instance_id: str) -> None:
+        """Start a stopped instance (someone stopped it outside the fleet). EC2 answers a
+        start of a running or pending instance with success: asking twice is harmless.
+        The IAM policy allows it only for this fleet's instances."""
+        self._client(region).start_instances(InstanceIds=[instance_id])
 
     def adopt(self, region: str, instance_id: str) -> None:
         """Tag an instance with this fleet's id (one launched before fleets had ids)."""

@@ -15,6 +15,9 @@ class Wait:
 
     seconds: float
     reason: str
+    # False: not held by FLEET_WAIT_LIMIT_SECONDS however long it lasts (a launch paused
+    # for EC2's capacity or the account's quota passes when AWS decides, not the node).
+    limited: bool = True
 
 
 @dataclass(frozen=True)

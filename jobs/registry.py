@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from jobs.outcomes import Outcome
+from models.launch_pauses import LaunchPause
 from models.releases import Release
 from models.secrets import Secret, SecretKind
 from models.states import WorkState, is_work_state
@@ -66,6 +67,9 @@ class Launch:
     client_token: str
     instance_id: str | None  # from EC2's answer, or from a lookup by the token
     in_flight: bool  # no instance id yet, and the call may still be running
+    subnet_slot: int = 0  # which of the region's subnets (RegionConfig.subnets())
+    refusals: int = 0  # how often EC2 refused it for capacity
+    recent: bool = False  # its call's deadline has not passed: EC2 may not show it yet
 
 
 class StepContext(Protocol):
@@ -107,9 +111,28 @@ class StepContext(Protocol):
         """0 when a launch may go now; otherwise seconds until the fleet's budget allows."""
         ...
 
-    def intend_launch(self, client_token: str) -> bool:
+    def intend_launch(
+        self, client_token: str, subnet_slot: int = 0, subnet_id: str | None = None
+    ) -> bool:
         """Record the launch about to be made, while this worker holds the row in
         `instance`; False when it does not (launch nothing)."""
+        ...
+
+    def launch_refused(self, client_token: str, code: str, counted: bool) -> int:
+        """EC2 refused the recorded launch (it made nothing): how often it refused it for
+        capacity (counted: this refusal is one)."""
+        ...
+
+    def launch_pause(self) -> LaunchPause | None:
+        """The pause of launches in the node's region, or None when a launch may go."""
+        ...
+
+    def pause_launches(self, kind: str, code: str, message: str) -> LaunchPause:
+        """Pause every launch in the node's region (the account's quota refused one)."""
+        ...
+
+    def resume_launches(self) -> None:
+        """A launch in the node's region went through: end its pause."""
         ...
 
     def launched(self, client_token: str, instance_id: str) -> None:

@@ -147,6 +147,30 @@ class LaunchRow(Base):
     settles_by: Mapped[datetime] = mapped_column(Timestamp)
     instance_id: Mapped[str | None] = mapped_column(Text)
     launched_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # Which of the region's subnets, and how EC2 refused it (0007_launch_pauses.sql).
+    subnet_slot: Mapped[int] = mapped_column(Integer, primary_key=True, server_default=BY_DATABASE)
+    subnet_id: Mapped[str | None] = mapped_column(Text)
+    refusals: Mapped[int] = mapped_column(Integer, server_default=BY_DATABASE)
+    refused_code: Mapped[str | None] = mapped_column(Text)
+    refused_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class LaunchPauseRow(Base):
+    """Launches paused in a region: the account's quota refused one (models/launch_pauses)."""
+
+    __tablename__ = "launch_pauses"
+    __table_args__ = (
+        CheckConstraint("kind IN ('quota')", name="launch_pauses_kind_check"),
+        CheckConstraint("refusals >= 1", name="launch_pauses_refusals_check"),
+    )
+
+    region: Mapped[str] = mapped_column(Text, primary_key=True)
+    kind: Mapped[str] = mapped_column(Text)
+    code: Mapped[str] = mapped_column(Text)
+    message: Mapped[str] = mapped_column(Text)
+    refusals: Mapped[int] = mapped_column(Integer, server_default=BY_DATABASE)
+    since: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)
+    until: Mapped[datetime] = mapped_column(Timestamp)
 
 
 class ReleaseRow(Base):

@@ -1,8 +1,9 @@
 """EC2 and S3 from moto in server mode, on loopback, made to keep EC2's promises the fleet
-relies on (ClientToken idempotency; no crash under concurrent calls), with a throttling
-knob: a share of RunInstances calls is answered `RequestLimitExceeded` as AWS does under
-load. Every launch that gets through is timed, so tests can check the fleet's launch
-rate limit."""
+relies on (ClientToken idempotency; no crash under concurrent calls; a terminated instance
+forgotten after a while), with a throttling knob: a share of RunInstances calls is
+answered `RequestLimitExceeded` as AWS does under load. Every RunInstances is logged
+(when, which subnet, what it got), so tests can check the fleet's launch rate limit and
+which subnets it tried."""
 
 import random
 import threading
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any
 from urllib.parse import parse_qs
+from xml.etree import ElementTree
 
 from moto.ec2 import utils as moto_ec2_utils
 from moto.moto_server.werkzeug_app import (
@@ -45,6 +47,16 @@ THROTTLED_BODY = (
 )
 
 
+@dataclass(frozen=True)
+class LaunchCall:
+    """One RunInstances as the simulated EC2 saw it."""
+
+    at: float  # time.monotonic()
+    subnet_id: str | None
+    client_token: str
+    outcome: str  # launched, replayed, refused, throttled
+
+
 @dataclass
 class LaunchLog:
     """What the simulated EC2 API saw of RunInstances."""
@@ -56,9 +68,16 @@ class LaunchLog:
     launch_delay_seconds: float = 0.0
     in_flight: int = 0
     # Every RunInstances is refused with this EC2 error code while it is set (a capacity
-    # blip, a quota, a bad AMI: "Error codes for the Amazon EC2 API").
+    # blip, a quota, a bad AMI: "Error codes for the Amazon EC2 API"); with
+    # refuse_in_subnets, only those in these subnets (no room in one zone).
     refuse_with: str | None = None
+    refuse_in_subnets: frozenset[str] | None = None
     refused: int = 0
+    calls: list[LaunchCall] = field(default_factory=list)
+    # EC2 forgets a terminated instance about an hour after its termination: it is gone
+    # from DescribeInstances (by filter too), and naming its id answers
+    # InvalidInstanceID.NotFound. None: never, as moto. This many seconds stand for it.
+    forget_terminated_seconds: float | None = None
     launched_at: list[float] = field(default_factory=list)
     throttled: int = 0
     replayed: int = 0  # RunInstances answered from an earlier call's ClientToken
@@ -88,7 +107,9 @@ class Ec2Front:
       first answer and launches nothing. A worker killed with its launch still in flight
       leaves a request the next run's lookup by tag cannot see yet; on EC2 the token makes
       the next run's launch return that same instance.
-    - A share of RunInstances is throttled (`RequestLimitExceeded`), as under load."""
+    - A share of RunInstances is throttled (`RequestLimitExceeded`), as under load.
+    - A terminated instance is forgotten after `forget_terminated_seconds`, as EC2 does
+      after about an hour and moto never does."""
 
     def __init__(self, app: Any, log: LaunchLog) -> None:
         self.app = app
@@ -98,20 +119,49 @@ class Ec2Front:
         # not land in the next server's cloud.
         self._closed = threading.Event()
         self._by_token: dict[str, Answer] = {}
+        self._terminated_at: dict[str, float] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
         environ["wsgi.input"] = BytesIO(body)
         form = parse_qs(body.decode(errors="replace"))
-        if form.get("Action") == ["RunInstances"]:
-            answer = self._delayed_launch(environ, form.get("ClientToken", [""])[0])
+        action = form.get("Action", [""])[0]
+        if action == "RunInstances":
+            answer = self._delayed_launch(environ, form)
         else:
             with self._moto:
-                answer = self._ask_moto(environ)
+                answer = self._forgetful(action, form, environ)
         start_response(answer.status, answer.headers)
         return answer.body
 
-    def _delayed_launch(self, environ: dict[str, Any], token: str) -> Answer:
+    def _forgetful(
+        self, action: str, form: dict[str, list[str]], environ: dict[str, Any]
+    ) -> Answer:
+        """moto's answer, without the instances EC2 would have forgotten by now."""
+        gone = self._forgotten()
+        named = [v[0] for k, v in form.items() if k.startswith("InstanceId.")]
+        if action in INSTANCE_ACTIONS and (unknown := [i for i in named if i in gone]):
+            message = f"The instance ID '{unknown[0]}' does not exist"
+            body = error_body("InvalidInstanceID.NotFound", message)
+            return Answer("400 Bad Request", [("Content-Type", "text/xml")], [body])
+        answer = self._ask_moto(environ)
+        if not answer.status.startswith("200"):
+            return answer
+        if action == "TerminateInstances":
+            for instance_id in named:
+                self._terminated_at.setdefault(instance_id, time.monotonic())
+        if action == "DescribeInstances" and gone:
+            return _without_instances(answer, gone)
+        return answer
+
+    def _forgotten(self) -> set[str]:
+        after = self.log.forget_terminated_seconds
+        if after is None:
+            return set()
+        now = time.monotonic()
+        return {i for i, at in self._terminated_at.items() if now - at >= after}
+
+    def _delayed_launch(self, environ: dict[str, Any], form: dict[str, list[str]]) -> Answer:
         with self.log.lock:
             self.log.in_flight += 1
         try:
@@ -119,31 +169,48 @@ class Ec2Front:
             with self._moto:
                 if self._closed.is_set():
                     return Answer("503 Service Unavailable", [], [b"simulated EC2 stopped"])
-                return self._run_instances(environ, token)
+                return self._run_instances(environ, form)
         finally:
             with self.log.lock:
                 self.log.in_flight -= 1
 
-    def _run_instances(self, environ: dict[str, Any], token: str) -> Answer:
+    def _run_instances(self, environ: dict[str, Any], form: dict[str, list[str]]) -> Answer:
+        token = form.get("ClientToken", [""])[0]
+        subnet = form.get("SubnetId", [None])[0]
         with self.log.lock:
-            if token in self._by_token:
-                self.log.replayed += 1
-                return self._by_token[token]
-            if self.log.refuse_with is not None:
-                self.log.refused += 1
-                body = error_body(self.log.refuse_with, f"simulated {self.log.refuse_with}")
-                return Answer("400 Bad Request", [("Content-Type", "text/xml")], [body])
-            if self.log.rng.random() < self.log.throttle_rate:
-                self.log.throttled += 1
-                return Answer("503 Service Unavailable", [("Content-Type", "text/xml")],
-                              [THROTTLED_BODY])  # fmt: skip
+            answer, outcome = self._before_moto(token, subnet)
+            if answer is not None:
+                self.log.calls.append(LaunchCall(time.monotonic(), subnet, token, outcome))
+                return answer
         answer = self._ask_moto(environ)
-        if answer.status.startswith("200"):
-            with self.log.lock:
+        launched = answer.status.startswith("200")
+        outcome = "launched" if launched else "failed"
+        with self.log.lock:
+            self.log.calls.append(LaunchCall(time.monotonic(), subnet, token, outcome))
+            if launched:
                 self.log.launched_at.append(time.monotonic())
-            if token:
-                self._by_token[token] = answer
+                if token:
+                    self._by_token[token] = answer
         return answer
+
+    def _before_moto(self, token: str, subnet: str | None) -> tuple[Answer | None, str]:
+        """The answer EC2 gives before it launches anything (a replay, a refusal, a
+        throttle), or None to launch."""
+        log = self.log
+        if token in self._by_token:
+            log.replayed += 1
+            return self._by_token[token], "replayed"
+        in_refused = log.refuse_in_subnets is None or subnet in log.refuse_in_subnets
+        if log.refuse_with is not None and in_refused:
+            log.refused += 1
+            body = error_body(log.refuse_with, f"simulated {log.refuse_with}")
+            return Answer("400 Bad Request", [("Content-Type", "text/xml")], [body]), "refused"
+        if log.rng.random() < log.throttle_rate:
+            log.throttled += 1
+            answer = Answer("503 Service Unavailable", [("Content-Type", "text/xml")],
+                            [THROTTLED_BODY])  # fmt: skip
+            return answer, "throttled"
+        return None, ""
 
     def close(self) -> None:
         with self._moto:
@@ -157,6 +224,34 @@ class Ec2Front:
 
         body = list(self.app(environ, start_response))
         return Answer(started[0], started[1], body)
+
+
+# The calls that name instances, and that EC2 answers InvalidInstanceID.NotFound for an
+# instance it has forgotten.
+INSTANCE_ACTIONS = frozenset({
+    "DescribeInstances", "TerminateInstances", "StartInstances", "StopInstances",
+})  # fmt: skip
+
+
+def _without_instances(answer: Answer, gone: set[str]) -> Answer:
+    """A DescribeInstances answer without these instances (and reservations left empty)."""
+    root = ElementTree.fromstring(b"".join(answer.body))
+    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    for reservations in root.iter(f"{ns}reservationSet"):
+        for reservation in list(reservations):
+            instances = reservation.find(f"{ns}instancesSet")
+            if instances is None:
+                continue
+            for item in list(instances):
+                if item.findtext(f"{ns}instanceId") in gone:
+                    instances.remove(item)
+            if len(instances) == 0:
+                reservations.remove(reservation)
+    if ns:
+        ElementTree.register_namespace("", ns.strip("{}"))
+    body = ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
+    headers = [(k, v) for k, v in answer.headers if k.lower() != "content-length"]
+    return Answer(answer.status, [*headers, ("Content-Length", str(len(body)))], [body])
 
 
 class MotoServer:

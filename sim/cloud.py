@@ -86,6 +86,9 @@ class SimSettings:
     poll_seconds: float = 0.2
     throttle_rate: float = 0.0
     launch_delay_seconds: float = 0.0  # every RunInstances in flight this long
+    # A terminated instance is forgotten this long after its termination (EC2: about an
+    # hour; None: never, as moto).
+    forget_terminated_seconds: float | None = None
     faults: HostFaults = field(default_factory=HostFaults)
     # The keys the hosts' S3 calls (backup uploads, release downloads) are signed with,
     # standing for an instance profile's; None: the simulator's own.
@@ -96,7 +99,9 @@ class SimCloud:
     def __init__(self, settings: SimSettings, aws: EnforcingMotoServer | None = None) -> None:
         self.settings = settings
         launches = LaunchLog(
-            throttle_rate=settings.throttle_rate, launch_delay_seconds=settings.launch_delay_seconds
+            throttle_rate=settings.throttle_rate,
+            launch_delay_seconds=settings.launch_delay_seconds,
+            forget_terminated_seconds=settings.forget_terminated_seconds,
         )
         self.moto: MotoServer | EnforcingMotoServer = aws or MotoServer(
             "127.0.0.1", settings.moto_port, launches
@@ -104,6 +109,7 @@ class SimCloud:
         self.launches = self.moto.log
         self.hosts: dict[str, SimHost] = {}  # by instance id, while the instance runs
         self.hosts_ever: dict[str, SimHost] = {}  # every host ever, terminated ones too
+        self.stopped: dict[str, SimHost] = {}  # by instance id, while the instance is stopped
         self._seen: dict[str, float] = {}  # instance id -> when the watcher first saw it
         self._next_address = ipaddress.IPv4Address(settings.first_address)
         self._loop = asyncio.new_event_loop()
@@ -147,6 +153,11 @@ class SimCloud:
     def host_of(self, instance_id: str) -> SimHost:
         return self.hosts[instance_id]
 
+    def stop_from_outside(self, instance_id: str) -> None:
+        """Someone stops the instance (the console, an operator's script): EC2 powers the
+        host off; its root volume, and so the host's disk and SSH key, survive."""
+        self._ec2.stop_instances(InstanceIds=[instance_id])
+
     def api_traffic(self) -> ApiTraffic:
         """How the node API calls of every host ever (terminated ones too) arrived."""
         return sum((host.traffic for host in list(self.hosts_ever.values())), ApiTraffic())
@@ -164,11 +175,20 @@ class SimCloud:
         now = time.monotonic()
         for instance_id, state in instances.items():
             seen = self._seen.setdefault(instance_id, now)
-            if state == "running" and instance_id not in self.hosts:
+            if state == "running" and instance_id in self.stopped:
+                await self._bring_back(instance_id)
+            elif state == "running" and instance_id not in self.hosts:
                 if now - seen >= self.settings.boot_seconds:
                     await self._bring_up(instance_id)
-            elif state in ("shutting-down", "terminated") and instance_id in self.hosts:
-                await self.hosts.pop(instance_id).power_off()
+            elif state in ("stopping", "stopped") and instance_id in self.hosts:
+                await self._power_off_stopped(instance_id)
+            elif state in ("shutting-down", "terminated"):
+                self.stopped.pop(instance_id, None)
+                if instance_id in self.hosts:
+                    await self.hosts.pop(instance_id).power_off()
+        # EC2 forgot it (terminated long ago) before this watch saw it terminated.
+        for instance_id in set(self.hosts) - set(instances):
+            await self.hosts.pop(instance_id).power_off()
 
     def _fleet_instances(self) -> dict[str, str]:
         pages = self._ec2.get_paginator("describe_instances").paginate(
@@ -182,8 +202,7 @@ class SimCloud:
         }
 
     async def _bring_up(self, instance_id: str) -> None:
-        address = str(self._next_address)
-        self._next_address += 1
+        address = self._take_address()
         host = SimHost(
             address,
             HostPorts(ssh=self.settings.ssh_port, api=self.settings.api_port),
@@ -200,11 +219,39 @@ class SimCloud:
         )
         await host.boot()
         self.hosts[instance_id] = self.hosts_ever[instance_id] = host
+        await self._publish_address(instance_id, address)
+
+    async def _power_off_stopped(self, instance_id: str) -> None:
+        """A stopped instance has no address (EC2 releases its public IP): the tag goes."""
+        host = self.hosts.pop(instance_id)
+        await host.power_off()
+        self.stopped[instance_id] = host
+        await asyncio.to_thread(
+            self._ec2.delete_tags,
+            Resources=[instance_id],
+            Tags=[{"Key": self.settings.address_tag}],
+        )
+
+    async def _bring_back(self, instance_id: str) -> None:
+        """The stopped instance was started: the same host (disk, SSH host key, node
+        release; the daemon not running, as after any boot) at a new address."""
+        host = self.stopped.pop(instance_id)
+        host.address = self._take_address()
+        await host.boot()
+        self.hosts[instance_id] = host
+        await self._publish_address(instance_id, host.address)
+
+    async def _publish_address(self, instance_id: str, address: str) -> None:
         await asyncio.to_thread(
             self._ec2.create_tags,
             Resources=[instance_id],
             Tags=[{"Key": self.settings.address_tag, "Value": address}],
         )
+
+    def _take_address(self) -> str:
+        address = str(self._next_address)
+        self._next_address += 1
+        return address
 
     def _disk_root(self, instance_id: str) -> Path | None:
         if self.settings.disk_dir is None:

@@ -3,17 +3,22 @@ front, answering RunInstances with EC2's own error codes): a capacity blip or a 
 waits without spending attempts, a bad AMI holds at once after one call, and an instance
 EC2 no longer knows counts as gone."""
 
+import json
+
 import psycopg
 import pytest
+from botocore.exceptions import ClientError
 
 from jobs.ec2_errors import classify
 from tests.conftest import add_nodes, fetch, held_with, wait_until
 from tests.simulation import Simulation
 from tests.test_lifecycle import reach, request
+from tests.test_reconcile import reconcile
 from tests.test_step_faults import StartWorker
 from worker.dispatcher import Dispatcher
 
 FAST_PAUSE = {"FLEET_EC2_PAUSE_SECONDS": "0.3"}
+FORGET_SECONDS = 0.5  # the simulator's stand-in for EC2's hour
 
 
 @pytest.mark.parametrize("code", ["InsufficientInstanceCapacity", "VcpuLimitExceeded"])
@@ -53,23 +58,77 @@ def test_a_launch_that_can_never_succeed_holds_at_once_with_awss_words(
     assert simulation.cloud.launches.refused == 1
 
 
+def forget_terminated(simulation: Simulation, instance_id: str) -> None:
+    """Terminate the instance from outside and wait until EC2 has forgotten it (the
+    simulator's hour: FORGET_SECONDS)."""
+    ec2 = simulation.cloud.client("ec2")
+    simulation.cloud.launches.forget_terminated_seconds = FORGET_SECONDS
+    ec2.terminate_instances(InstanceIds=[instance_id])
+
+    def forgotten() -> bool:
+        try:
+            ec2.describe_instances(InstanceIds=[instance_id])
+        except ClientError as exc:
+            return str(exc.response["Error"]["Code"]) == "InvalidInstanceID.NotFound"
+        return False
+
+    wait_until(forgotten, 10, f"EC2 forgets {instance_id}")
+
+
+def place(db_url: str, node_id: int, state: str) -> None:
+    """Put the row in a state as the schema owner (no edge leads there yet: the health
+    watch's are the lead's), due now and not held."""
+    with psycopg.connect(db_url, autocommit=True) as owner:
+        owner.execute("SET session_replication_role = replica")
+        owner.execute(
+            "UPDATE nodes SET state = %s, next_attempt_at = now(), attempts = 0,"
+            " held_at = NULL, last_error = NULL WHERE id = %s",
+            (state, node_id),
+        )
+
+
+def instance_of(db_url: str, node_id: int) -> str:
+    [(instance_id,)] = fetch(db_url, "SELECT instance_id FROM nodes WHERE id = %s", node_id)
+    return str(instance_id)
+
+
 def test_a_node_whose_instance_ec2_forgot_is_destroyed(
     simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
 ) -> None:
     """EC2 forgets a terminated instance after about an hour (moto never does): the id
-    the row names then answers InvalidInstanceID.NotFound, which means gone."""
+    the row names then answers InvalidInstanceID.NotFound, which means gone, and neither
+    its tag nor its launch's ClientToken shows it any more."""
     [node_id] = add_nodes(db_url, ["forgotten"])
     start_worker(env=simulation.env)
     reach(db_url, [node_id], "live")
-    [(instance_id,)] = fetch(db_url, "SELECT instance_id FROM nodes WHERE id = %s", node_id)
-    simulation.cloud.client("ec2").terminate_instances(InstanceIds=[instance_id])
-    with psycopg.connect(db_url, autocommit=True) as owner:  # what EC2 shows an hour later
-        owner.execute("SET session_replication_role = replica")
-        owner.execute(
-            "UPDATE nodes SET instance_id = 'i-0fffffffffffffff0' WHERE id = %s", (node_id,)
-        )
+    forget_terminated(simulation, instance_of(db_url, node_id))
     request(db_url, [node_id], "destroy")
     reach(db_url, [node_id], "destroyed")
+
+
+def test_the_instance_step_holds_a_node_whose_instance_ec2_forgot(
+    simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
+) -> None:
+    """Not by tag, not by its launch's token, not by id: the instance of this launch
+    generation is gone. Launching again with its token could only bring the old answer
+    back (EC2 replays a token), so an operator decides; reconcile says the same."""
+    [node_id] = add_nodes(db_url, ["vanished"])
+    start_worker(env=simulation.env)
+    reach(db_url, [node_id], "live")
+    instance_id = instance_of(db_url, node_id)
+    forget_terminated(simulation, instance_id)
+    calls = len(simulation.cloud.launches.calls)
+    result = reconcile(simulation, "--json")
+    assert result.returncode == 0, result.stderr
+    [finding] = json.loads(result.stdout)["findings"]
+    assert (finding["kind"], finding["instance_id"]) == ("missing", instance_id)
+    place(db_url, node_id, "instance")  # released from reconcile's hold: the step decides
+    error, _ = held_with(db_url, node_id)
+    assert error.endswith(
+        f"instance {instance_id} of node vanished is gone: EC2 no longer knows it"
+        " (terminated over an hour ago)"
+    ), error
+    assert len(simulation.cloud.launches.calls) == calls  # nothing launched again
 
 
 def test_the_kinds_are_read_from_the_error_code() -> None:

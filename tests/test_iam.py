@@ -287,6 +287,8 @@ def test_the_policies_carry_the_scopes_only_aws_checks() -> None:
     assert volume == {"StringEquals": fleet_tag, "Bool": {"ec2:Encrypted": "true"}}
     terminate = worker["TerminateOnlyThisFleetsInstances"]["Condition"]["StringEquals"]
     assert terminate == {"ec2:ResourceTag/rln-fleet:fleet-id": "f" * 32}
+    start = worker["StartOnlyThisFleetsInstances"]["Condition"]["StringEquals"]
+    assert start == terminate
     tags = worker["TagOnlyWhileLaunching"]["Condition"]["StringEquals"]
     assert tags == {"ec2:CreateAction": "RunInstances"}
     pass_role = worker["PassOnlyTheHostRoleToEc2"]

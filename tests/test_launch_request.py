@@ -134,3 +134,17 @@ def test_cloud_init_accepts_the_user_data() -> None:
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_each_subnet_has_a_launch_of_its_own() -> None:
+    """EC2 answers a ClientToken repeated with another subnet with
+    IdempotentParameterMismatch: each subnet's launch has its token; the first subnet's is
+    the token launches had before there were subnets to try."""
+    region = RegionConfig(ami=AMI, subnet_ids=["subnet-aaaaaaaa", "subnet-bbbbbbbb"])
+    first = fleet_ec2.launch_request(node(), region, FLEET_ID, "rln-fleet")
+    second = fleet_ec2.launch_request(node(), region, FLEET_ID, "rln-fleet", subnet_slot=1)
+    assert (first["SubnetId"], second["SubnetId"]) == ("subnet-aaaaaaaa", "subnet-bbbbbbbb")
+    assert first["ClientToken"] == fleet_ec2.client_token(FLEET_ID, node().id, 0)
+    assert second["ClientToken"] == f"{first['ClientToken']}-s1"
+    assert len(second["ClientToken"]) <= 64
+    assert "SubnetId" not in fleet_ec2.launch_request(node(), RegionConfig(ami=AMI), "f", "t")

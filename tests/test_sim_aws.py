@@ -1,11 +1,13 @@
 """The simulated EC2 keeps the promises of EC2 that the fleet relies on."""
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from sim.aws import LaunchLog, MotoServer
 from sim.services import free_port
@@ -64,3 +66,38 @@ def test_tagging_while_describing_by_tag_never_fails(ec2: Any) -> None:
         errors = [call.exception() for call in calls if call.exception() is not None]
     assert errors == []
     assert sorted(all_instances(ec2)) == sorted(instances)
+
+
+def test_a_terminated_instance_is_forgotten_as_ec2_forgets_it() -> None:
+    """EC2 forgets a terminated instance about an hour after it ended (moto never does):
+    gone from every listing, and naming it answers InvalidInstanceID.NotFound."""
+    log = LaunchLog(forget_terminated_seconds=0.5)
+    server = MotoServer("127.0.0.1", free_port(), log)
+    server.start()
+    try:
+        ec2 = boto3.client(
+            "ec2", region_name=REGION, endpoint_url=server.url,
+            aws_access_key_id="sim", aws_secret_access_key="sim",
+        )  # fmt: skip
+        ended, kept = launch(ec2, "node-1"), launch(ec2, "node-2")
+        ec2.terminate_instances(InstanceIds=[ended])
+        [shown] = ec2.describe_instances(InstanceIds=[ended])["Reservations"]
+        assert shown["Instances"][0]["State"]["Name"] == "terminated"  # for a while
+        time.sleep(0.6)
+        for action, ids in (
+            ("describe_instances", [ended]),
+            ("describe_instances", [kept, ended]),
+            ("terminate_instances", [ended]),
+            ("start_instances", [ended]),
+        ):
+            with pytest.raises(ClientError) as refused:
+                getattr(ec2, action)(InstanceIds=ids)
+            assert refused.value.response["Error"]["Code"] == "InvalidInstanceID.NotFound"
+        assert all_instances(ec2) == [kept]
+        by_token = [{"Name": "client-token", "Values": ["node-1"]}]
+        assert ec2.describe_instances(Filters=by_token)["Reservations"] == []
+        by_tag = [{"Name": "tag:t", "Values": ["node-1", "node-2"]}]
+        [left] = ec2.describe_instances(Filters=by_tag)["Reservations"]
+        assert [i["InstanceId"] for i in left["Instances"]] == [kept]
+    finally:
+        server.stop()

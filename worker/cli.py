@@ -26,6 +26,7 @@ from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from models import backups, logins, nodes, placement, releases, reseal, secrets, wallet_reinits
 from models.errors import BadInput
 from models.identity import fleet_id
+from models.launch_pauses import pauses_in_force
 from models.nodes import HealthRecord, NodeRecord
 from models.queries import query
 from models.session import engine_for, transaction
@@ -503,10 +504,12 @@ def new_secret_key() -> None:
 
 @app.command("status")
 def status(as_json: JsonFlag = False) -> None:
-    """Nodes per state (the fleet_status view), and live nodes by health (fleet_health)."""
+    """Nodes per state (the fleet_status view), live nodes by health (fleet_health) and
+    the regions whose launches are paused (the fleet_launch_pauses view)."""
     with operator_session() as session:
         rows = session.execute(text("SELECT * FROM fleet_status")).mappings().all()
         health = {h.health: h.nodes for h in session.execute(query("live_health"))}
+        pauses = pauses_in_force(session.connection())
     if as_json:
         print_json([dict(r) | ({"health": health} if r["state"] == "live" else {}) for r in rows])
         return
@@ -525,6 +528,8 @@ def status(as_json: JsonFlag = False) -> None:
     out.print(table)
     if health:
         out.print("live nodes by health: " + ", ".join(f"{k} {n}" for k, n in health.items()))
+    for pause in pauses:
+        out.print(pause.reason(), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("dispatcher")

@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from jobs.ec2 import Ec2Cloud, UnknownRegion
 from models.identity import fleet_id
+from models.launch_pauses import pauses_in_force
 from models.queries import query
 from models.session import engine_for
 from worker import metrics
@@ -58,6 +59,7 @@ class Dispatcher:
         self.engine: Engine = engine_for(config.database_url, self.name)
         self._gauges_at = 0.0
         self._rollouts_at = -math.inf
+        self._pause_regions: set[str] = set()
         self.steps = StepQueue(
             redis,
             config.queue_name,
@@ -93,16 +95,24 @@ class Dispatcher:
         return list(expired)
 
     def _update_gauges(self) -> None:
-        """Nodes per state for Prometheus, at most once a second whatever the sweep rate."""
+        """Nodes per state and launch pauses for Prometheus, at most once a second
+        whatever the sweep rate."""
         if time.monotonic() - self._gauges_at < 1.0:
             return
         self._gauges_at = time.monotonic()
         with self.engine.connect() as connection:
             rows = connection.execute(query("fleet_counts")).all()
+            pauses = pauses_in_force(connection)
         for row in rows:
             metrics.NODES.labels(row.state).set(row.nodes)
             metrics.HELD.labels(row.state).set(row.held)
             metrics.DUE.labels(row.state).set(row.due)
+        paused = {(p.region, p.kind) for p in pauses}
+        # A region that was paused keeps its series (at 0) even if no longer configured.
+        self._pause_regions |= set(self.config.regions) | {region for region, _ in paused}
+        for region in sorted(self._pause_regions):
+            for kind in metrics.PAUSE_KINDS:
+                metrics.LAUNCHES_PAUSED.labels(region, kind).set(int((region, kind) in paused))
 
     def _drive_rollouts(self) -> None:
         """One turn of every running rollout (fleet_advance_rollouts), once a second."""

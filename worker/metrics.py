@@ -8,6 +8,13 @@ log = structlog.get_logger()
 NODES = Gauge("fleet_nodes", "Nodes per state (from the dispatcher)", ["state"])
 HELD = Gauge("fleet_nodes_held", "Held nodes per state (from the dispatcher)", ["state"])
 DUE = Gauge("fleet_nodes_due", "Nodes whose step is due now, per state", ["state"])
+# 1 while launches in the region are paused for that kind (the account's quota), else 0:
+# every configured region has its series, so an alert can say "for 30 minutes".
+LAUNCHES_PAUSED = Gauge(
+    "fleet_launches_paused", "1 while launches in the region are paused (from the dispatcher)",
+    ["region", "kind"],
+)  # fmt: skip
+PAUSE_KINDS = ("quota",)
 ENQUEUED = Counter("fleet_jobs_enqueued_total", "Step runs queued by this dispatcher")
 EXPIRED_LEASES = Counter("fleet_leases_expired_total", "Leases taken back from dead workers")
 RECONCILE_FINDINGS = Gauge("fleet_reconcile_findings", "Findings of the last reconcile")

@@ -20,6 +20,7 @@ from jobs.toolbox import Toolbox
 from models import secrets
 from models.errors import BadInput
 from models.identity import fleet_id
+from models.launch_pauses import LaunchPause
 from models.queries import query
 from models.releases import Release, find_release
 from models.secrets import Secret, SecretKind
@@ -100,15 +101,48 @@ class RunningStep:
             granted, wait_seconds = connection.execute(query("take_launch_token"), params).one()
         return 0.0 if granted else max(float(wait_seconds), 0.05)
 
-    def intend_launch(self, client_token: str) -> bool:
+    def intend_launch(
+        self, client_token: str, subnet_slot: int = 0, subnet_id: str | None = None
+    ) -> bool:
         params = {
             "node_id": self.node.id,
             "worker": self.worker,
             "client_token": client_token,
+            "subnet_slot": subnet_slot,
+            "subnet_id": subnet_id,
             "call_seconds": self.config.launch_call_seconds(),
         }
         with self.engine.connect() as connection:
             return connection.execute(query("intend_launch"), params).first() is not None
+
+    def launch_refused(self, client_token: str, code: str, counted: bool) -> int:
+        params = {"client_token": client_token, "code": code, "counted": counted}
+        with self.engine.connect() as connection:
+            refusals = connection.execute(query("launch_refused"), params).scalar()
+        return int(refusals or 0)
+
+    def launch_pause(self) -> LaunchPause | None:
+        params = {"region": self.node.region}
+        with self.engine.connect() as connection:
+            row = connection.execute(query("launch_pause"), params).mappings().first()
+        return None if row is None else LaunchPause(**row)
+
+    def pause_launches(self, kind: str, code: str, message: str) -> LaunchPause:
+        params = {
+            "region": self.node.region,
+            "kind": kind,
+            "code": code,
+            "message": message,
+            "base_seconds": self.config.ec2_pause_seconds * 2,
+            "max_seconds": self.config.ec2_pause_max_seconds,
+        }
+        with self.engine.connect() as connection:
+            row = connection.execute(query("pause_launches"), params).mappings().one()
+        return LaunchPause(**row)
+
+    def resume_launches(self) -> None:
+        with self.engine.connect() as connection:
+            connection.execute(query("resume_launches"), {"region": self.node.region})
 
     def launched(self, client_token: str, instance_id: str) -> None:
         params = {"client_token": client_token, "instance_id": instance_id}
@@ -117,11 +151,8 @@ class RunningStep:
 
     def launches(self) -> list[Launch]:
         with self.engine.connect() as connection:
-            rows = connection.execute(query("node_launches"), {"node_id": self.node.id}).all()
-        return [
-            Launch(r.launch_generation, r.region, r.client_token, r.instance_id, r.in_flight)
-            for r in rows
-        ]
+            rows = connection.execute(query("node_launches"), {"node_id": self.node.id})
+            return [Launch(**row) for row in rows.mappings()]
 
     def current_state(self) -> str | None:
         with self.engine.connect() as connection:
@@ -302,8 +333,10 @@ class Runtime:
         guard: dict[str, object] = {"node_id": node.id, "state": node.state, "worker": self.worker}
         with self.engine.connect() as connection:
             match outcome:
-                case Wait(seconds=seconds, reason=reason):
-                    limit = self.config.wait_limit_seconds
+                case Wait(seconds=seconds, reason=reason, limited=limited):
+                    # A launch pause (EC2's capacity, the account's quota) can last hours:
+                    # never held for it. The limit is for what should have happened by now.
+                    limit = self.config.wait_limit_seconds if limited else 0.0
                     error = f"gave up after waiting {limit:g} s in {node.state}: {reason}"
                     waited = self._postpone(connection, node, seconds, limit or None, error)
                     if waited is None:

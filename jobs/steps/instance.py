@@ -4,49 +4,43 @@ Found by tag before anything is launched, so a launch whose worker died before t
 was written is found, not repeated. Each launch is recorded (its ClientToken, until when
 it may be in flight) before RunInstances goes out, so that destroy can find or wait for
 it; a repeated call with the same token returns the same instance. Launches draw on the
-fleet-wide budget."""
+fleet-wide budget and go to the region's subnets in turn (jobs/steps/launching.py: what
+EC2's refusals mean). An instance stopped outside the fleet is started again; one EC2
+no longer knows (terminated over an hour ago) holds the node rather than being replaced
+by a launch with its token."""
 
 import structlog
 from botocore.exceptions import ClientError
-from prometheus_client import Counter
 
-from jobs.ec2 import Instance, client_token
-from jobs.ec2_errors import Ec2ErrorKind, classify
+from jobs.ec2 import Instance
 from jobs.outcomes import Done, HoldNode, Outcome, Wait
 from jobs.registry import NodeFacts, StepContext, steps
+from jobs.steps.launching import launch
 
 log = structlog.get_logger()
 # Where a worker that lost the row during its launch terminates what it launched: the
 # node is being (or was) destroyed. Anywhere else (its lease expired, the row is still in
 # `instance`) the next run of the step finds the instance by tag and token and keeps it.
 UNWANTED_IN = ("destroy", "destroyed")
-# A quota passes only when instances end or it is raised: a longer pause than capacity's.
-PAUSE_FACTOR: dict[Ec2ErrorKind, float] = {"capacity": 1.0, "quota": 2.0}
-LAUNCH_PAUSES = Counter(
-    "fleet_launch_pauses_total", "Launches EC2 refused for capacity or quota", ["kind"]
-)
 
 
 @steps.step("instance")
 def ensure_instance(context: StepContext) -> Outcome:
     node, tools = context.node, context.tools
     instance = _known_instance(context)
+    if isinstance(instance, Wait):
+        return instance
     if instance is None:
-        wait = context.take_launch_token()
-        if wait > 0:
-            return Wait(wait, "fleet launch budget spent")
-        token = client_token(tools.fleet_id, node.id, node.launch_generation)
-        if not context.intend_launch(token):
-            return Wait(tools.settings.poll_seconds, "the row moved on before the launch")
-        try:
-            instance = tools.cloud.launch(node)
-        except ClientError as exc:
-            return _refused(context, exc)
-        context.launched(token, instance.id)
+        launched = launch(context)
+        if not isinstance(launched, Instance):
+            return launched
+        instance = launched
         if not context.record(NodeFacts(instance_id=instance.id)):
             return _hand_over(context, instance)
     if instance.state in ("shutting-down", "terminated"):
         raise HoldNode(f"instance {instance.id} of node {node.name} is {instance.state}")
+    if instance.state in ("stopping", "stopped"):
+        return _start_stopped(context, instance)
     address = instance.address(tools.settings)
     if instance.state != "running" or address is None:
         return Wait(tools.settings.poll_seconds, f"instance {instance.id} is {instance.state}")
@@ -54,19 +48,23 @@ def ensure_instance(context: StepContext) -> Outcome:
     return Done()
 
 
-def _refused(context: StepContext, exc: ClientError) -> Outcome:
-    """EC2 refused the launch. What can pass on its own (capacity, the account's quota)
-    waits without counting an attempt; what never can (a bad AMI, a missing permission,
-    a bad parameter) holds at once with AWS's words; anything else is retried."""
-    error = classify(exc)
-    if error is None or error.kind == "gone":
-        raise exc
-    if error.kind == "permanent":
-        raise HoldNode(f"launch refused: {error}")
-    LAUNCH_PAUSES.labels(error.kind).inc()
-    log.warning("launches paused", node_id=context.node.id, kind=error.kind, code=error.code)
-    pause = context.tools.settings.ec2_pause_seconds * PAUSE_FACTOR[error.kind]
-    return Wait(pause, f"launches paused: {error.kind}: {error}")
+def _start_stopped(context: StepContext, instance: Instance) -> Outcome:
+    """Someone stopped the node's instance outside the fleet: its root volume (the node's
+    wallet and channels) survives a stop, so start it again; its address may change, and
+    is recorded once it runs. EC2 refuses to start an instance that is still stopping."""
+    node, poll = context.node, context.tools.settings.poll_seconds
+    if instance.state == "stopping":
+        return Wait(poll, f"instance {instance.id} is stopping: started once stopped")
+    try:
+        context.tools.cloud.start(node.region, instance.id)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "IncorrectInstanceState":
+            raise
+        return Wait(poll, f"instance {instance.id} cannot be started yet")
+    log.warning("started an instance stopped outside the fleet", node_id=node.id,
+                instance_id=instance.id)  # fmt: skip
+    context.note("note", f"instance {instance.id} was stopped outside the fleet: started it")
+    return Wait(poll, f"instance {instance.id} is starting")
 
 
 def _hand_over(context: StepContext, instance: Instance) -> Outcome:
@@ -85,21 +83,60 @@ def _hand_over(context: StepContext, instance: Instance) -> Outcome:
     return Wait(context.tools.settings.poll_seconds, "lost the row during the launch")
 
 
-def _known_instance(context: StepContext) -> Instance | None:
+def _known_instance(context: StepContext) -> Instance | Wait | None:
     node, cloud = context.node, context.tools.cloud
     if node.instance_id is not None:
         recorded = cloud.describe(node.region, node.instance_id)
-        if recorded is not None and not recorded.belongs_to(context.tools.fleet_id, node.id):
+        if recorded is None:
+            return _unknown_to_ec2(context, node.instance_id)
+        if not recorded.belongs_to(context.tools.fleet_id, node.id):
             raise HoldNode(
                 f"instance {node.instance_id} recorded for node {node.name} is not this"
                 " fleet's instance for the node: left alone"
             )
         return recorded
-    found = cloud.find_instances(node.region, node.id)
+    return _tagged_instance(context)
+
+
+def _tagged_instance(context: StepContext) -> Instance | None:
+    node = context.node
+    found = context.tools.cloud.find_instances(node.region, node.id)
     if len(found) > 1:
         ids = ", ".join(sorted(i.id for i in found))
         raise HoldNode(f"node {node.name} has {len(found)} instances ({ids}); keep one")
     if found:
         context.record(NodeFacts(instance_id=found[0].id))
         return found[0]
+    return None
+
+
+def _unknown_to_ec2(context: StepContext, instance_id: str) -> Instance | Wait | None:
+    """EC2 does not know the recorded instance: too new to show yet (launched moments ago,
+    never seen running), or terminated over an hour ago (EC2 forgets them). By tag, then
+    by the tokens of this generation's launches: a launch EC2 shows is the node's
+    instance (terminated or not); a launch of this generation that EC2 shows nothing of
+    is gone, and launching again with its token could only bring it back (held: an
+    operator destroys or replaces the node). With no launch of this generation, the
+    recorded instance was an earlier one's: launch."""
+    node, tools = context.node, context.tools
+    tagged = _tagged_instance(context)
+    if tagged is not None:
+        return tagged
+    ours = [made for made in context.launches() if made.generation == node.launch_generation]
+    for recorded in ours:
+        made = [
+            i
+            for i in tools.cloud.find_launch(recorded.region, recorded.client_token)
+            if i.belongs_to(tools.fleet_id, node.id)
+        ]
+        if made:
+            return made[0]
+    # Just launched and never seen with an address: EC2 may not show it yet.
+    if node.address is None and any(recorded.recent for recorded in ours):
+        return Wait(tools.settings.poll_seconds, f"instance {instance_id} not visible yet")
+    if ours:
+        raise HoldNode(
+            f"instance {instance_id} of node {node.name} is gone: EC2 no longer knows it"
+            " (terminated over an hour ago)"
+        )
     return None

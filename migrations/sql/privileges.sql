@@ -192,3 +192,16 @@ DROP POLICY IF EXISTS rollout_nodes_of_owner ON rollout_nodes;
 CREATE POLICY rollout_nodes_of_owner ON rollout_nodes
     TO fleet_reader
     USING (node_id IN (SELECT id FROM nodes));
+
+-- Launch pauses (0007_launch_pauses.sql): workers pause and resume a region's launches
+-- and write their refusals on their launches; every role may see the pauses (`fleet
+-- status`, the dispatcher's fleet_launches_paused). Only logins of this database see rows.
+GRANT SELECT ON launch_pauses, fleet_launch_pauses
+    TO fleet_app, fleet_api, fleet_reader, fleet_worker, fleet_dispatcher, fleet_operator;
+GRANT INSERT, UPDATE, DELETE ON launch_pauses TO fleet_worker;
+GRANT UPDATE (refusals, refused_code, refused_at) ON node_launches TO fleet_worker;
+ALTER TABLE launch_pauses ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS pauses_of_this_fleet ON launch_pauses;
+CREATE POLICY pauses_of_this_fleet ON launch_pauses
+    USING ((SELECT fleet_login_role()) IS NOT NULL)
+    WITH CHECK ((SELECT fleet_login_role()) = 'worker');

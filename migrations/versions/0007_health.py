@@ -17,6 +17,7 @@ def upgrade() -> None:
     apply_sql("0007_watch.sql")
     apply_sql("0007_wallet_format.sql")
     apply_sql("0007_rollouts.sql")
+    apply_sql("0007_launch_pauses.sql")
 
 
 def downgrade() -> None:

@@ -3,8 +3,12 @@
 -- A node that has been waiting longer than :wait_limit_seconds since it entered its
 -- state (or was last released) is held instead, with :give_up_error: a node whose API
 -- never answers must reach an operator, not be polled forever. A NULL limit never holds.
+-- A launch starts the clock again: the boot after a launch paused for hours (capacity,
+-- quota: waits that never count) is timed from when the instance was launched.
 WITH waiting AS (
-    SELECT coalesce(max(at) < now() - make_interval(secs => :wait_limit_seconds), false)
+    SELECT coalesce(greatest(max(at), (SELECT max(launched_at) FROM node_launches
+                                       WHERE node_id = :node_id))
+                    < now() - make_interval(secs => :wait_limit_seconds), false)
            AS gave_up
     FROM node_history
     WHERE node_id = :node_id
