@@ -104,6 +104,25 @@ def test_a_crashed_daemon_is_started_again(
     assert host.disk.init_calls == 1
 
 
+def test_an_instance_stopped_from_outside_is_started_again(
+    simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker,
+    start_watch: Callable[..., subprocess.Popen[bytes]],
+) -> None:  # fmt: skip
+    node_id = live_node(simulation, db_url, start_worker, "stopped-outside")
+    [(instance_id, before)] = fetch(
+        db_url, "SELECT instance_id, address FROM nodes WHERE id = %s", node_id
+    )
+    start_watch()
+    wait_until(lambda: health(db_url, node_id) == "ok", 30, "the watch saw the node ok")
+    simulation.cloud.stop_from_outside(str(instance_id))
+    healed_back(db_url, node_id, "instance_stopped")
+    [(address,)] = fetch(db_url, "SELECT address FROM nodes WHERE id = %s", node_id)
+    assert address != before, "a started instance has a new address, and the fleet took it"
+    host = simulation.host(node_id)
+    assert host.daemon is not None and host.daemon.unlocked and host.disk.init_calls == 1
+    assert len(simulation.instances_of(node_id)) == 1
+
+
 @pytest.mark.parametrize("fault", ["another wallet", "another network"])
 def test_a_node_that_answers_as_another_is_held_never_healed(
     simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker,
