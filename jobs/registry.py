@@ -35,8 +35,8 @@ class NodeSnapshot:
     # The fleet may have created the node's wallet (it asked for /init): from then on only
     # the stored mnemonic may be used, never a new one.
     wallet_initialised: bool
-    # Part of the launch's ClientToken. Always 0 today: a replacement of a dead host (not
-    # built yet) is to bump it, so that a relaunch is a new request to EC2.
+    # Part of the launch's ClientToken: a replacement of a dead host bumps it, so that its
+    # launch is a new request to EC2 (fleet_request_replace, migrations/sql/functions.sql).
     launch_generation: int
 
 
@@ -65,6 +65,20 @@ class Launch:
     client_token: str
     instance_id: str | None  # from EC2's answer, or from a lookup by the token
     in_flight: bool  # no instance id yet, and the call may still be running
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """A replacement of the node's host in progress (node_replacements): the new host's
+    wallet is restored from `backup` (a history line, models/backups.py), or, with no
+    clean backup and the operator's consent, made afresh from the stored mnemonic."""
+
+    generation: int
+    backup: str | None
+    accept_channel_loss: bool
+
+
+ReplacementOutcome = Literal["restored", "fresh_wallet"]
 
 
 class StepContext(Protocol):
@@ -121,6 +135,14 @@ class StepContext(Protocol):
 
     def current_state(self) -> str | None:
         """The node's state now, read again (for a worker that lost the row)."""
+        ...
+
+    def replacement(self) -> Replacement | None:
+        """The replacement of the node's host in progress, if one is."""
+        ...
+
+    def replacement_done(self, generation: int, outcome: ReplacementOutcome) -> bool:
+        """Mark the replacement done, only while this worker holds the lease."""
         ...
 
 

@@ -32,6 +32,7 @@ LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost"})
 USAGE = (
     "usage: rln-hostctl set-root-key HEX | set-network NETWORK | start | stop | status"
     " | install VERSION URL SHA256 | backup-upload PATH S3URI | backup-remove PATH"
+    " | backup-download URL PATH SHA256"
 )
 
 
@@ -58,6 +59,10 @@ COMMANDS: dict[str, _Command] = {
         ("PATH", "S3URI"), lambda agent, args: agent.backup_upload(args[0], args[1])
     ),
     "backup-remove": _Command(("PATH",), lambda agent, args: agent.backup_remove(args[0])),
+    "backup-download": _Command(
+        ("URL", "PATH", "SHA256"),
+        lambda agent, args: agent.backup_download(args[0], args[1], args[2]),
+    ),
 }
 
 

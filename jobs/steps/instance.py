@@ -96,6 +96,8 @@ def _known_instance(context: StepContext) -> Instance | None:
             )
         return recorded
     found = cloud.find_instances(node.region, node.id)
+    if node.launch_generation > 0:
+        found = _end_earlier_generations(context, found)
     if len(found) > 1:
         ids = ", ".join(sorted(i.id for i in found))
         raise HoldNode(f"node {node.name} has {len(found)} instances ({ids}); keep one")
@@ -103,3 +105,22 @@ def _known_instance(context: StepContext) -> Instance | None:
         context.record(NodeFacts(instance_id=found[0].id))
         return found[0]
     return None
+
+
+def _end_earlier_generations(context: StepContext, found: list[Instance]) -> list[Instance]:
+    """A replaced host's instance that still exists (stopped, unreachable, or running a
+    daemon nobody should talk to) is terminated: only the current generation's launch is
+    the node's instance. Returns the instances that remain."""
+    node, tools = context.node, context.tools
+    current = client_token(tools.fleet_id, node.id, node.launch_generation)
+    kept = []
+    for instance in found:
+        if instance.client_token == current:
+            kept.append(instance)
+        elif instance.state not in ("shutting-down", "terminated"):
+            tools.cloud.terminate(node.region, instance.id)
+            log.warning("an earlier generation's instance terminated", node_id=node.id,
+                        instance_id=instance.id, generation=node.launch_generation)  # fmt: skip
+            context.note("note", f"instance {instance.id} of an earlier launch terminated"
+                         f" (the node's host was replaced)")  # fmt: skip
+    return kept

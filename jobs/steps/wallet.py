@@ -19,6 +19,7 @@ from jobs.config import ChainBackend
 from jobs.node_api import NETWORK_NAMES, NodeApi, NodeApiError, NodeUnreachable
 from jobs.outcomes import Done, HoldNode, Outcome, Wait
 from jobs.registry import NodeFacts, StepContext, steps
+from jobs.steps import restore
 from jobs.steps.common import lock_quietly, node_api
 from models.formats import Network
 from models.secrets import Secret
@@ -48,7 +49,12 @@ def open_wallet(context: StepContext) -> Outcome:
         if exc.name == "ChangingState":
             return Wait(poll, "node is busy unlocking")
         raise
+    replacement = context.replacement()
+    if replacement is not None:
+        restore.check_replaced(context, api, info.pubkey)
     context.record(NodeFacts(node_pubkey=info.pubkey))
+    if replacement is not None:
+        restore.finish(context, replacement)
     return Done()
 
 
@@ -110,8 +116,11 @@ def _unlock(context: StepContext, api: NodeApi, password: Secret, mnemonic: Secr
             return
         if exc.name != "NotInitialized":
             raise
-    _refuse_init_of_a_wallet_that_ran(context)
-    _init(context, api, password, mnemonic)
+    replacement = context.replacement()
+    if replacement is None:
+        _refuse_init_of_a_wallet_that_ran(context)
+    if replacement is None or not restore.bring_back(context, api, replacement, password):
+        _init(context, api, password, mnemonic)
     _unlock_once(context, api, password, chain)
 
 
@@ -119,7 +128,8 @@ def _refuse_init_of_a_wallet_that_ran(context: StepContext) -> None:
     """A node that ran (its pubkey is recorded) whose daemon now says NotInitialized lost
     its storage dir: /init from the mnemonic would bring back the on-chain funds but not
     the channels' state, which only a backup can (or which a peer can punish). Never done
-    silently: by a heal of the watch least of all."""
+    silently: by a heal of the watch least of all. A replacement of its host (`fleet node
+    replace`, jobs/steps/restore.py) is the one way on."""
     node = context.node
     if node.node_pubkey is not None:
         raise HoldNode(

@@ -15,6 +15,7 @@ def upgrade() -> None:
     # Each topic's DDL is its own file (migrations/sql/0007_<topic>.sql), applied here in
     # order; the functions and privileges they need live in functions.sql/privileges.sql.
     apply_sql("0007_watch.sql")
+    apply_sql("0007_replace.sql")
 
 
 def downgrade() -> None:
