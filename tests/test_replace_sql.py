@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from models.logins import FleetRole
 from tests.conftest import add_nodes, fetch, role_url
 
 PUBKEY = "02" + "ab" * 32
@@ -51,8 +52,10 @@ def past(owner: psycopg.Connection, node_id: int, *events: tuple[str, str]) -> l
     return ids
 
 
-def replace(db_url: str, name: str, accept: bool = False, role: str = "operator") -> tuple:  # type: ignore[type-arg]
-    with psycopg.connect(role_url(db_url, role), autocommit=True) as connection:  # type: ignore[arg-type]
+def replace(
+    db_url: str, name: str, accept: bool = False, role: FleetRole = "operator"
+) -> tuple[object, ...]:
+    with psycopg.connect(role_url(db_url, role), autocommit=True) as connection:
         row = connection.execute(
             "SELECT node_id, generation, backup FROM fleet_request_replace(%s, %s)", (name, accept)
         ).fetchone()
@@ -61,7 +64,7 @@ def replace(db_url: str, name: str, accept: bool = False, role: str = "operator"
 
 
 def refused(
-    db_url: str, name: str, sqlstate: str, accept: bool = False, role: str = "operator"
+    db_url: str, name: str, sqlstate: str, accept: bool = False, role: FleetRole = "operator"
 ) -> str:
     with pytest.raises(psycopg.Error) as caught:
         replace(db_url, name, accept, role)
@@ -69,7 +72,7 @@ def refused(
     return str(caught.value.diag.message_primary)
 
 
-def node(db_url: str, node_id: int) -> tuple:  # type: ignore[type-arg]
+def node(db_url: str, node_id: int) -> tuple[object, ...]:
     return tuple(fetch(
         db_url,
         "SELECT state, launch_generation, instance_id, address, ssh_host_key, held,"
@@ -184,7 +187,9 @@ def test_a_newer_request_supersedes_one_in_progress(owner: psycopg.Connection, d
 
 
 @pytest.mark.parametrize("role", ["app", "reader", "worker", "watch"])
-def test_only_operators_and_the_api_ask(owner: psycopg.Connection, db_url: str, role: str) -> None:
+def test_only_operators_and_the_api_ask(
+    owner: psycopg.Connection, db_url: str, role: FleetRole
+) -> None:
     ran(owner, db_url, "mine", "stopped")
     refused(db_url, "mine", "42501", accept=True, role=role)  # no EXECUTE
 
@@ -194,7 +199,7 @@ def test_the_replace_edges_are_not_open_to_a_plain_update(
 ) -> None:
     node_id = ran(owner, db_url, "sneaky", "stopped")
     for role in ("app", "operator"):
-        with psycopg.connect(role_url(db_url, role), autocommit=True) as connection:  # type: ignore[arg-type]
+        with psycopg.connect(role_url(db_url, role), autocommit=True) as connection:
             with pytest.raises(psycopg.Error) as caught:
                 connection.execute("UPDATE nodes SET state = 'instance' WHERE id = %s", (node_id,))
             assert caught.value.sqlstate == "FL021"
