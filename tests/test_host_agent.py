@@ -570,7 +570,9 @@ def test_backup_download_fetches_verifies_and_keeps_the_file(
     path = str(host.backups / "restore-node-1-1.rlnbackup")
     assert host.ok("backup-download", url, path, sha256) == f"{path} size=16 sha256={sha256}"
     assert Path(path).read_bytes() == b"encrypted backup"
+    # For the daemon's user to read (/restore), nobody else.
     assert oct(Path(path).stat().st_mode & 0o777) == "0o600"
+    assert Path(path).stat().st_uid == host.backups.stat().st_uid
     # Again: the file is there and matches, nothing is downloaded.
     assert host.ok("backup-download", url, path, sha256) == f"{path} size=16 sha256={sha256}"
     assert len(releases.requests) == 1

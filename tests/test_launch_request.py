@@ -7,8 +7,9 @@ import gzip
 import os
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import boto3
 import pytest
@@ -16,7 +17,8 @@ from pydantic import ValidationError
 
 from jobs import ec2 as fleet_ec2
 from jobs.config import RegionConfig, RootVolume, StepSettings
-from jobs.registry import NodeSnapshot
+from jobs.registry import NodeSnapshot, StepContext
+from jobs.steps import instance as instance_step
 from jobs.user_data import USER_DATA_LIMIT
 from sim.aws import LaunchLog, MotoServer
 from sim.services import free_port
@@ -134,3 +136,39 @@ def test_cloud_init_accepts_the_user_data() -> None:
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@dataclass
+class _Tools:
+    cloud: fleet_ec2.Ec2Cloud
+    fleet_id: str = FLEET_ID
+
+
+@dataclass
+class _Replacing:
+    """The part of a step's context the instance step's look-up of a replaced node uses."""
+
+    node: NodeSnapshot
+    tools: _Tools
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, event: str, detail: str) -> None:
+        self.notes.append(detail)
+
+
+def test_a_replacement_terminates_the_earlier_generations_instances(moto: MotoServer) -> None:
+    """A replaced node's instances of earlier launch generations (found by tag, told apart
+    by their ClientToken) are terminated; the current generation's launch is kept."""
+    settings = StepSettings(aws_endpoint_url=moto.url, regions={REGION: RegionConfig(ami=AMI)})
+    cloud = fleet_ec2.Ec2Cloud(settings, FLEET_ID)
+    old = cloud.launch(replace(node(), launch_generation=0))
+    new = cloud.launch(replace(node(), launch_generation=1))
+    context = _Replacing(replace(node(), launch_generation=1), _Tools(cloud))
+    found = cloud.find_instances(REGION, 1)
+    assert {i.client_token for i in found} == {f"{FLEET_ID}-1-0", f"{FLEET_ID}-1-1"}
+    kept = instance_step._end_earlier_generations(cast(StepContext, context), found)
+    assert [i.id for i in kept] == [new.id]
+    assert cloud.describe(REGION, old.id).state in ("shutting-down", "terminated")  # type: ignore[union-attr]
+    assert cloud.describe(REGION, new.id).state == "running"  # type: ignore[union-attr]
+    assert context.notes == [f"instance {old.id} of an earlier launch terminated"
+                             " (the node's host was replaced)"]  # fmt: skip
