@@ -17,7 +17,8 @@ from pydantic import ValidationError
 
 from jobs import ec2 as fleet_ec2
 from jobs.config import RegionConfig, RootVolume, StepSettings
-from jobs.registry import NodeSnapshot, StepContext
+from jobs.outcomes import Wait
+from jobs.registry import Launch, NodeSnapshot, StepContext
 from jobs.steps import instance as instance_step
 from jobs.user_data import USER_DATA_LIMIT
 from sim.aws import LaunchLog, MotoServer
@@ -140,8 +141,9 @@ def test_cloud_init_accepts_the_user_data() -> None:
 
 @dataclass
 class _Tools:
-    cloud: fleet_ec2.Ec2Cloud
+    cloud: fleet_ec2.Ec2Cloud | None
     fleet_id: str = FLEET_ID
+    settings: StepSettings = field(default_factory=StepSettings)
 
 
 @dataclass
@@ -151,9 +153,13 @@ class _Replacing:
     node: NodeSnapshot
     tools: _Tools
     notes: list[str] = field(default_factory=list)
+    recorded: list[Launch] = field(default_factory=list)
 
     def note(self, event: str, detail: str) -> None:
         self.notes.append(detail)
+
+    def launches(self) -> list[Launch]:
+        return self.recorded
 
 
 def test_a_replacement_terminates_the_earlier_generations_instances(moto: MotoServer) -> None:
@@ -172,3 +178,10 @@ def test_a_replacement_terminates_the_earlier_generations_instances(moto: MotoSe
     assert cloud.describe(REGION, new.id).state == "running"  # type: ignore[union-attr]
     assert context.notes == [f"instance {old.id} of an earlier launch terminated"
                              " (the node's host was replaced)"]  # fmt: skip
+
+
+def test_a_replacement_waits_while_an_earlier_launch_may_still_make_an_instance() -> None:
+    in_flight = Launch(0, REGION, f"{FLEET_ID}-1-0", instance_id=None, in_flight=True)
+    context = _Replacing(replace(node(), launch_generation=1), _Tools(None), recorded=[in_flight])
+    outcome = instance_step.ensure_instance(cast(StepContext, context))
+    assert isinstance(outcome, Wait) and "in flight" in outcome.reason

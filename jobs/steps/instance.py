@@ -29,6 +29,15 @@ LAUNCH_PAUSES = Counter(
 
 @steps.step("instance")
 def ensure_instance(context: StepContext) -> Outcome:
+    if _earlier_launch_in_flight(context):
+        # A replaced node: its instance may still appear, to be found and ended once it
+        # does (below), never left running beside the new one.
+        poll = context.tools.settings.poll_seconds
+        return Wait(poll, "an earlier generation's launch is in flight")
+    return _one_instance(context)
+
+
+def _one_instance(context: StepContext) -> Outcome:
     node, tools = context.node, context.tools
     instance = _known_instance(context)
     if instance is None:
@@ -124,3 +133,13 @@ def _end_earlier_generations(context: StepContext, found: list[Instance]) -> lis
             context.note("note", f"instance {instance.id} of an earlier launch terminated"
                          f" (the node's host was replaced)")  # fmt: skip
     return kept
+
+
+def _earlier_launch_in_flight(context: StepContext) -> bool:
+    node = context.node
+    if node.launch_generation == 0 or node.instance_id is not None:
+        return False
+    return any(
+        launch.in_flight and launch.generation < node.launch_generation
+        for launch in context.launches()
+    )
