@@ -115,9 +115,13 @@ BEGIN
     -- A replacement (fleet_request_replace) bumps the launch generation to one it recorded
     -- as pending in the same UPDATE: only then is a 'replace' edge the one taken, and it
     -- is the last one looked at otherwise (live -> instance is also the watch's heal).
-    replacing := NEW.launch_generation = OLD.launch_generation + 1 AND EXISTS (
-        SELECT 1 FROM node_replacements r
-        WHERE r.node_id = OLD.id AND r.generation = NEW.launch_generation AND r.done_at IS NULL);
+    replacing := false;
+    IF NEW.launch_generation = OLD.launch_generation + 1 THEN  -- never on a step's hot path
+        replacing := EXISTS (
+            SELECT 1 FROM node_replacements r
+            WHERE r.node_id = OLD.id AND r.generation = NEW.launch_generation
+              AND r.done_at IS NULL);
+    END IF;
     SELECT e.actor INTO edge_actor
     FROM node_edges e WHERE e.from_state = OLD.state AND e.to_state = NEW.state
     ORDER BY e.actor <> 'app', (e.actor = 'replace') <> replacing, e.actor LIMIT 1;
