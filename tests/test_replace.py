@@ -12,9 +12,10 @@ import pytest
 
 from jobs.ec2 import client_token
 from sim.host import SimHost
-from tests.conftest import add_nodes, fetch, wait_until
+from tests.conftest import add_nodes, fetch, held_with, wait_until
 from tests.simulation import Simulation
 from tests.test_lifecycle import assert_api_reached_only_through_the_tunnel, reach, request
+from tests.test_watch import health, start_watch, watch_env  # noqa: F401  # fixtures
 from worker.dispatcher import Dispatcher
 
 StartWorker = Callable[..., subprocess.Popen[bytes]]
@@ -134,3 +135,23 @@ def test_without_a_clean_backup_refused_and_with_the_flag_a_fresh_wallet(
     assert any("CHANNEL LOSS" in n for n in said) and any(
         "REPLACEMENT WITHOUT A BACKUP" in n for n in said
     )
+
+
+def test_a_node_the_watch_held_for_its_instance_gone_is_replaced_and_ok_again(
+    simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker,
+    fleet: Fleet, start_watch: Callable[..., subprocess.Popen[bytes]],  # noqa: F811
+) -> None:  # fmt: skip
+    node_id = live_node(simulation, db_url, start_worker, "gone")
+    old_instance, pubkey, _, _ = node_row(db_url, node_id)
+    simulation.cloud.client("ec2").terminate_instances(InstanceIds=[old_instance])
+    start_watch()
+    error, _ = held_with(db_url, node_id, timeout=30)
+    assert error.startswith("health watch: instance gone: ")
+    # Live (unlocked) until its host went: no backup is clean.
+    assert fleet("node", "replace", "gone").returncode == 2
+    replaced = fleet("node", "replace", "gone", "--accept-channel-loss")
+    assert replaced.returncode == 0, replaced.stderr
+    assert "WITH A FRESH WALLET" in replaced.stdout
+    reach(db_url, [node_id], "live", timeout=90)
+    assert node_row(db_url, node_id)[1] == pubkey
+    wait_until(lambda: health(db_url, node_id) == "ok", 30, "the watch sees the new host ok")
