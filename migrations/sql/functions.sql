@@ -442,10 +442,10 @@ BEGIN
     VALUES (target.id, 'note', target.state, 'instance', fleet_actor(), session_user, 0,
             CASE WHEN backup_row IS NOT NULL THEN
                 format('replace requested (launch generation %s): a new instance for %s, its wallet restored from the clean backup %s',
-                       next_generation, target.instance_id, backup_detail)
+                       next_generation, coalesce(target.instance_id, 'an instance no longer recorded'), backup_detail)
             ELSE
                 format('REPLACE ACCEPTING CHANNEL LOSS (launch generation %s): a new instance for %s and a FRESH WALLET from the stored mnemonic: on-chain funds come back, every channel and its state is LOST (no backup taken while locked and never unlocked since)',
-                       next_generation, target.instance_id)
+                       next_generation, coalesce(target.instance_id, 'an instance no longer recorded'))
             END);
     RETURN QUERY SELECT target.id, next_generation, backup_detail;
 END
