@@ -70,6 +70,11 @@ class Unauthorized(ApiProblem):
         )
 
 
+class Forbidden(ApiProblem):
+    def __init__(self, detail: str) -> None:
+        super().__init__(403, "forbidden", "Forbidden", detail)
+
+
 class RateLimited(ApiProblem):
     def __init__(self, retry_after: float) -> None:
         seconds = max(1, round(retry_after + 0.5))
@@ -91,6 +96,7 @@ class Unavailable(ApiProblem):
 PROBLEM_MEANINGS: Final[dict[int, str]] = {
     400: "The body is not JSON",
     401: "No token, or a token that does not verify",
+    403: "Only an admin may do this",
     404: "No such node among yours",
     409: "The node's state does not allow this, or a limit is reached",
     413: "The request body is larger than the API takes (FLEET_API_MAX_BODY_BYTES)",

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from api import creating
 from api.auth import Principal
 from api.deps import App, Caller, Services, acting, reading
-from api.errors import documented
+from api.errors import Forbidden, documented
 from api.paging import fitting
 from api.schemas import (
     CURSOR_PATTERN,
@@ -22,9 +22,10 @@ from api.schemas import (
     NodeCreate,
     NodeOut,
     NodePage,
+    NodeReplace,
     NodeUpdate,
 )
-from models import owned
+from models import owned, replace
 from models.nodes import HistoryEntry
 from models.states import NodeState
 
@@ -152,6 +153,28 @@ def retry_node(node_id: NodeId, caller: Caller, app: App) -> NodeOut:
     """A held node: try its step again."""
     with acting(app, caller) as session:
         row = owned.retry_owned(session, caller.viewer(), node_id)
+        return NodeOut.of(row, datetime.now(UTC))
+
+
+@router.post(
+    "/{node_id}/replace",
+    responses=documented(400, 403, 404, 409, 413, 422),
+    summary="Replace its host (admins)",
+)
+def replace_node(
+    node_id: NodeId, caller: Caller, app: App, body: NodeReplace | None = None
+) -> NodeOut:
+    """A new instance for a node whose host is gone (the old one terminated if it still
+    exists), its wallet restored from the latest backup taken while it was locked and
+    never unlocked since: restoring an older Lightning state can lose funds. Without such
+    a backup, refused unless `accept_channel_loss`. Admins only."""
+    if not caller.admin:
+        raise Forbidden("only an admin replaces a node's host")
+    accept = body is not None and body.accept_channel_loss
+    with acting(app, caller) as session:
+        row = owned.find_owned(session, caller.viewer(), node_id, for_update=True)
+        replace.request_replace(session, row.name, accept)
+        session.refresh(row)
         return NodeOut.of(row, datetime.now(UTC))
 
 

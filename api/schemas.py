@@ -76,6 +76,17 @@ class NodeUpdate(BaseModel):
     version: Version = Field(description="A release the fleet knows")
 
 
+class NodeReplace(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    accept_channel_loss: bool = Field(
+        default=False,
+        description="With no backup taken while the node was locked and never unlocked"
+        " since: a fresh wallet from the stored mnemonic (on-chain funds come back, every"
+        " channel is lost). Without it such a replacement is refused",
+    )
+
+
 class NodeHealthOut(BaseModel):
     """What the fleet's health watch last saw of the live node."""
 

@@ -19,8 +19,14 @@ class StoredObject:
     sha256: str | None  # the metadata the upload carried, if any
 
 
+# How long a host may use the link to download a backup it restores (`backup-download`).
+DOWNLOAD_LINK_SECONDS = 600
+
+
 class BackupStore(Protocol):
     def stored(self, bucket: str, key: str) -> StoredObject | None: ...
+
+    def download_link(self, bucket: str, key: str) -> str: ...
 
 
 class S3Backups:
@@ -41,3 +47,15 @@ class S3Backups:
                 return None
             raise
         return StoredObject(int(head["ContentLength"]), head.get("Metadata", {}).get("sha256"))
+
+    def download_link(self, bucket: str, key: str) -> str:
+        """A short-lived presigned GET of one backup, signed with the worker's own right to
+        read backups: the hosts' role may upload backups but never read one, so a host
+        fetches only the backup a replacement hands it, for a few minutes."""
+        return str(
+            self._s3.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": bucket, "Key": key},
+                ExpiresIn=DOWNLOAD_LINK_SECONDS,
+            )
+        )

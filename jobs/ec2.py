@@ -41,6 +41,8 @@ class Instance:
     public_ip: str | None
     private_ip: str | None
     tags: dict[str, str]
+    # The RunInstances token that made it (which launch generation), if EC2 says.
+    client_token: str | None = None
 
     def address(self, settings: StepSettings) -> str | None:
         match settings.address_kind():
@@ -258,4 +260,5 @@ def _instance(raw: dict[str, Any]) -> Instance:
         public_ip=raw.get("PublicIpAddress"),
         private_ip=raw.get("PrivateIpAddress"),
         tags={t["Key"]: t["Value"] for t in raw.get("Tags", [])},
+        client_token=raw.get("ClientToken") or None,
     )

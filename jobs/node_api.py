@@ -119,6 +119,12 @@ class NodeApi:
     def backup(self, path: str, password: Secret) -> None:
         self._post("/backup", {"backup_path": path, "password": password.reveal()})
 
+    def restore(self, path: str, password: Secret) -> None:
+        """The wallet from a backup file on the node's disk (a node with no wallet yet).
+        It unzips the whole storage dir: as slow as an unlock, not a read."""
+        body = {"backup_path": path, "password": password.reveal()}
+        self._post("/restore", body, timeout=self._unlock_timeout)
+
     def node_info(self) -> NodeInfo:
         answer = self._call("GET", "/nodeinfo", None, self._timeout)
         return NodeInfo(

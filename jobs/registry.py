@@ -37,8 +37,8 @@ class NodeSnapshot:
     # The fleet may have created the node's wallet (it asked for /init): from then on only
     # the stored mnemonic may be used, never a new one.
     wallet_initialised: bool
-    # Part of the launch's ClientToken. Always 0 today: a replacement of a dead host (not
-    # built yet) is to bump it, so that a relaunch is a new request to EC2.
+    # Part of the launch's ClientToken: a replacement of a dead host bumps it, so that its
+    # launch is a new request to EC2 (fleet_request_replace, migrations/sql/functions.sql).
     launch_generation: int
 
 
@@ -70,6 +70,20 @@ class Launch:
     subnet_slot: int = 0  # which of the region's subnets (RegionConfig.subnets())
     refusals: int = 0  # how often EC2 refused it for capacity
     recent: bool = False  # its call's deadline has not passed: EC2 may not show it yet
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """A replacement of the node's host in progress (node_replacements): the new host's
+    wallet is restored from `backup` (a history line, models/backups.py), or, with no
+    clean backup and the operator's consent, made afresh from the stored mnemonic."""
+
+    generation: int
+    backup: str | None
+    accept_channel_loss: bool
+
+
+ReplacementOutcome = Literal["restored", "fresh_wallet"]
 
 
 class StepContext(Protocol):
@@ -156,6 +170,13 @@ class StepContext(Protocol):
     ) -> bool:
         """Record where the old wallet files went, or that the re-initialisation is done,
         while this worker holds the lease; False when it does not."""
+
+    def replacement(self) -> Replacement | None:
+        """The replacement of the node's host in progress, if one is."""
+        ...
+
+    def replacement_done(self, generation: int, outcome: ReplacementOutcome) -> bool:
+        """Mark the replacement done, only while this worker holds the lease."""
         ...
 
 

@@ -15,8 +15,10 @@ from models.queries import query
 from models.states import NodeState, is_state
 from models.tables import HistoryRow, NodeRow
 
-# SQLSTATEs raised by the lifecycle triggers (migrations/sql/0001_fleet_schema.sql).
-TRANSITION_REFUSED = {"FL001", "FL002", "FL003", "FL004"}
+# SQLSTATEs raised by the lifecycle trigger (migrations/sql/functions.sql): an illegal
+# move, a worker's edge, no target version, a busy update, a heal of the watch's, a
+# replacement's edge.
+TRANSITION_REFUSED = {"FL001", "FL002", "FL003", "FL004", "FL005", "FL041"}
 
 
 class NodeSpec(BaseModel):

@@ -304,3 +304,26 @@ class RolloutNodeRow(Base):
     batch: Mapped[int | None] = mapped_column(Integer)
     phase_at: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class NodeReplacementRow(Base):
+    """A replacement of a node's dead host (`fleet node replace`), and how it ended."""
+
+    __tablename__ = "node_replacements"
+    __table_args__ = (
+        Index(
+            "node_replacements_pending",
+            "node_id",
+            unique=True,
+            postgresql_where=text("done_at IS NULL"),
+        ),
+    )
+
+    node_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("nodes.id"), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer, primary_key=True)
+    backup_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("node_history.id"))
+    accept_channel_loss: Mapped[bool] = mapped_column(Boolean)
+    requested_by: Mapped[str] = mapped_column(Text)
+    requested_at: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)
+    done_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    outcome: Mapped[str | None] = mapped_column(Text)

@@ -262,6 +262,26 @@ class SimHost:
         file.unlink()
         return "removed"
 
+    async def backup_download(self, url: str, path: str, sha256: str) -> str:
+        """A backup onto the host from a presigned link (to restore a replaced node's
+        wallet), kept only if its SHA-256 is the one the fleet recorded when it verified
+        the upload. The link is never repeated in an answer: it is a credential."""
+        self._maybe_fail("backup-download")
+        file = self._backup_file(path)
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise AgentError("invalid SHA256: need 64 hex characters")
+        if not file.is_file() or hashlib.sha256(file.read_bytes()).hexdigest() != sha256:
+            try:
+                content = await asyncio.to_thread(self._fetch, url)
+            except Exception as exc:  # noqa: BLE001  # any failed download is the agent's error
+                raise AgentError(f"download of the backup failed: {type(exc).__name__}") from None
+            got = hashlib.sha256(content).hexdigest()
+            if got != sha256:
+                raise AgentError(f"checksum mismatch for {path}: expected {sha256}, got {got}")
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_bytes(content)
+        return f"{path} size={file.stat().st_size} sha256={sha256}"
+
     def backup_files(self) -> list[Path]:
         """What lies in the host's backup directory."""
         folder = self.disk.path(BACKUP_DIR)

@@ -75,6 +75,7 @@ FIRST_WALLET_FORMAT = 1
 BACKUP_VERSION = "1"
 # The unit's storage dir (deploy/host/rgb-lightning-node.service), on the host's disk.
 STORAGE_DIR = "/var/lib/rln"
+CHANNELS_FILE = f"{STORAGE_DIR}/.ldk/channels"  # the simulated channels' state: one peer a line
 LDK_STATE_BYTES = 4096  # what an initialised wallet's .ldk/ holds here, so backups weigh
 # getblockchaininfo's `chain` for each network (upstream src/ldk.rs).
 BITCOIND_CHAINS = {
@@ -166,6 +167,17 @@ class NodeDisk:
         self.storage_dir.rename(target)
         self.storage_dir.mkdir()
         self.mnemonic = self.password = None
+
+    def open_channel(self, peer_pubkey: str) -> None:
+        """A channel with a peer, kept in the LDK state (so a backup holds it, and a
+        restore brings it back; a wallet made afresh from the mnemonic has none)."""
+        channels = [*self.channels(), peer_pubkey]
+        self.write(CHANNELS_FILE, "".join(f"{peer}\n" for peer in channels).encode())
+
+    def channels(self) -> list[str]:
+        """The peers of the wallet's channels, as its LDK state holds them."""
+        content = self.read(CHANNELS_FILE)
+        return [] if content is None else content.decode().split()
 
 
 @dataclass(frozen=True)
@@ -643,8 +655,8 @@ class RlnDaemon:
         return ok(
             {
                 "pubkey": self.node_pubkey,
-                "num_channels": 0,
-                "num_usable_channels": 0,
+                "num_channels": len(self.disk.channels()),
+                "num_usable_channels": len(self.disk.channels()),
                 "local_balance_sat": 0,
                 "eventual_close_fees_sat": 0,
                 "pending_outbound_payments_sat": 0,

@@ -33,6 +33,7 @@ USAGE = (
     "usage: rln-hostctl set-root-key HEX | set-network NETWORK | start | stop | status"
     " | install VERSION URL SHA256 | backup-upload PATH S3URI | backup-remove PATH"
     " | wallet-aside"
+    " | backup-download URL PATH SHA256"
 )
 
 
@@ -60,6 +61,10 @@ COMMANDS: dict[str, _Command] = {
     ),
     "backup-remove": _Command(("PATH",), lambda agent, args: agent.backup_remove(args[0])),
     "wallet-aside": _Command((), lambda agent, _: agent.wallet_aside()),
+    "backup-download": _Command(
+        ("URL", "PATH", "SHA256"),
+        lambda agent, args: agent.backup_download(args[0], args[1], args[2]),
+    ),
 }
 
 

@@ -425,3 +425,53 @@ def test_a_live_node_shows_its_health_and_heals_in_its_events(
     [heal] = [e for e in events.json()["items"] if e["event"] == "heal"]
     assert (heal["actor"], heal["to_state"]) == ("fleet", "instance")
     assert heal["detail"].startswith("instance_stopped: ") and "i-0123" not in heal["detail"]
+
+
+# --- replacing a dead host (admins only) ------------------------------------------------------
+
+
+def ran_and_stopped(alice: httpx.Client, db_url: str, name: str, backed_up: bool) -> int:
+    node_id = int(create(alice, name)["id"])
+    work(db_url, node_id, "instance", "key", "start", "wallet", "live", node_pubkey=PUBKEY)
+    work(db_url, node_id, "stop")
+    if backed_up:  # as the stop step notes it, the node locked
+        with psycopg.connect(db_url, autocommit=True) as owner:
+            owner.execute(
+                "INSERT INTO node_history (node_id, event, to_state, actor, attempt, detail)"
+                " VALUES (%s, 'backup', 'stop', 'test', 0, %s)",
+                (node_id, f"s3://b/backups/alice/{name}/x size=3 sha256={'ab' * 32}"),
+            )
+    work(db_url, node_id, "stopped")
+    return node_id
+
+
+def test_replace_is_for_admins_only(alice: httpx.Client, db_url: str) -> None:
+    node_id = ran_and_stopped(alice, db_url, "mine", backed_up=True)
+    before = snapshot(db_url, node_id)
+    body = assert_problem(alice.post(f"/nodes/{node_id}/replace"), 403)
+    assert body["detail"] == "only an admin replaces a node's host"
+    assert snapshot(db_url, node_id) == before
+
+
+def test_an_admin_replaces_from_a_clean_backup_or_with_consent(
+    api: RunningApi, alice: httpx.Client, db_url: str
+) -> None:
+    clean = ran_and_stopped(alice, db_url, "clean", backed_up=True)
+    unsafe = ran_and_stopped(alice, db_url, "unsafe", backed_up=False)
+    with api.as_("root", **{"cognito:groups": ["fleet-admins"]}) as admin:
+        answer = admin.post(f"/nodes/{clean}/replace")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["state"] == "instance"
+        before = snapshot(db_url, unsafe)
+        body = assert_problem(admin.post(f"/nodes/{unsafe}/replace", json={}), 409)
+        assert "no backup taken while it was locked and never unlocked since" in body["detail"]
+        assert snapshot(db_url, unsafe) == before
+        assert_problem(admin.post(f"/nodes/{unsafe}/replace", json={"accept": True}), 422)
+        answer = admin.post(f"/nodes/{unsafe}/replace", json={"accept_channel_loss": True})
+        assert answer.status_code == 200, answer.text
+    rows = fetch(db_url, "SELECT node_id, backup_id IS NOT NULL, accept_channel_loss"
+                 " FROM node_replacements ORDER BY node_id")  # fmt: skip
+    assert rows == [(clean, True, False), (unsafe, False, True)]
+    [(actor,)] = fetch(db_url, "SELECT actor FROM node_history WHERE node_id = %s"
+                       " AND event = 'note'", unsafe)  # fmt: skip
+    assert "root" in actor

@@ -149,6 +149,8 @@ def test_status_counts_nodes_per_state(fleet: Fleet, db_url: str) -> None:
         (("node", "request", "taken", "instance", "--version", "1.0.0"), "target version only"),
         (("node", "request", "taken", "destroy", "--version", "x.y"), "bad version 'x.y'"),
         (("node", "show", "ghost"), "no node named 'ghost'"),
+        (("node", "replace", "ghost"), "no node named 'ghost'"),
+        (("node", "replace", "taken", "--accept-channel-loss"), "only a node that ran"),
         (("node", "retry", "taken"), "node 'taken' is not held"),
         (("node", "retry", "ghost"), "no node named 'ghost'"),
         (("node", "list", "--state", "sideways"), "unknown state 'sideways'"),
@@ -166,6 +168,23 @@ def test_bad_input_is_refused_with_one_line_and_changes_nothing(
 def test_a_worker_edge_cannot_be_requested(fleet: Fleet, db_url: str) -> None:
     add_nodes(db_url, ["mid-1"])
     assert_refused(fleet("node", "request", "mid-1", "key"), "taken by the worker")
+
+
+@pytest.mark.parametrize(
+    ("state", "asked", "message"),
+    [("stopped", "instance", "is a replacement of its host: ask for it with `fleet node replace`"),
+     ("live", "start", "is a heal of the health watch")],
+)  # fmt: skip
+def test_edges_of_other_actors_are_refused_in_one_line(
+    fleet: Fleet, db_url: str, state: str, asked: str, message: str
+) -> None:
+    [node_id] = add_nodes(db_url, ["other-1"], state="new")
+    with psycopg.connect(db_url, autocommit=True) as owner:
+        owner.execute("SET session_replication_role = replica")
+        owner.execute("UPDATE nodes SET state = %s WHERE id = %s", (state, node_id))
+    before = snapshot(db_url)
+    assert_refused(fleet("node", "request", "other-1", asked), message)
+    assert snapshot(db_url) == before
 
 
 def test_usage_errors_exit_2(fleet: Fleet) -> None:

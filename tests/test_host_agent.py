@@ -557,6 +557,66 @@ def test_backup_upload_refuses_a_bad_uri(host: Host, uri: str) -> None:
     assert host.fails("backup-upload", str(backup), uri) == f"invalid S3 URI: {uri}"
 
 
+# backup-download (a replaced node's backup, from a presigned link)
+
+PRESIGNED_QUERY = "?X-Amz-Signature=" + "5e" * 32
+
+
+def test_backup_download_fetches_verifies_and_keeps_the_file(
+    host: Host, releases: ReleaseServer
+) -> None:
+    (releases.directory / "node-1.rlnbackup").write_bytes(b"encrypted backup")
+    sha256 = hashlib.sha256(b"encrypted backup").hexdigest()
+    url = f"{releases.base_url}/node-1.rlnbackup{PRESIGNED_QUERY}"
+    path = str(host.backups / "restore-node-1-1.rlnbackup")
+    assert host.ok("backup-download", url, path, sha256) == f"{path} size=16 sha256={sha256}"
+    assert Path(path).read_bytes() == b"encrypted backup"
+    # For the daemon's user to read (/restore), nobody else.
+    assert oct(Path(path).stat().st_mode & 0o777) == "0o600"
+    assert Path(path).stat().st_uid == host.backups.stat().st_uid
+    # Again: the file is there and matches, nothing is downloaded.
+    assert host.ok("backup-download", url, path, sha256) == f"{path} size=16 sha256={sha256}"
+    assert len(releases.requests) == 1
+    assert host.leftovers() == []
+
+
+def test_backup_download_keeps_nothing_that_does_not_match(
+    host: Host, releases: ReleaseServer
+) -> None:
+    (releases.directory / "node-1.rlnbackup").write_bytes(b"another backup")
+    url = f"{releases.base_url}/node-1.rlnbackup{PRESIGNED_QUERY}"
+    path = str(host.backups / "restore-node-1-1.rlnbackup")
+    message = host.fails("backup-download", url, path, "ab" * 32)
+    assert message.startswith(f"checksum mismatch for {path}: expected {'ab' * 32}, got ")
+    assert list(host.backups.iterdir()) == [] and host.leftovers() == []
+
+
+def test_backup_download_never_repeats_the_link(host: Host, releases: ReleaseServer) -> None:
+    url = f"{releases.base_url}/missing.rlnbackup{PRESIGNED_QUERY}"
+    path = str(host.backups / "restore-node-1-1.rlnbackup")
+    message = host.fails("backup-download", url, path, "ab" * 32)
+    assert message.startswith(f"download of the backup for {path} failed: ")
+    assert "X-Amz-Signature" not in message and releases.base_url not in message
+    assert list(host.backups.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("url", "path", "sha256", "message"),
+    [
+        ("s3://bucket/key", "restore.rlnbackup", "ab" * 32,
+         "invalid URL: need a presigned https:// link"),
+        ("https://host/key", "restore.rlnbackup", "xyz", "invalid SHA256: need 64 hex characters"),
+        ("https://host/key", "../secret", "ab" * 32, None),
+    ],
+)  # fmt: skip
+def test_backup_download_refuses_bad_arguments(
+    host: Host, url: str, path: str, sha256: str, message: str | None
+) -> None:
+    where = f"{host.backups}/{path}"
+    expected = message or f"refusing {where}: not a file in {host.backups}"
+    assert host.fails("backup-download", url, where, sha256) == expected
+
+
 # set-network
 
 
@@ -659,6 +719,7 @@ FULL_USAGE = (
     "usage: rln-hostctl set-root-key HEX | set-network NETWORK | start | stop | status"
     " | install VERSION URL SHA256 | backup-upload PATH S3URI | backup-remove PATH"
     " | wallet-aside"
+    " | backup-download URL PATH SHA256"
 )
 
 
@@ -674,6 +735,7 @@ FULL_USAGE = (
         (("install", "0.9.1"), "usage: rln-hostctl install VERSION URL SHA256"),
         (("backup-upload", "/x"), "usage: rln-hostctl backup-upload PATH S3URI"),
         (("backup-remove",), "usage: rln-hostctl backup-remove PATH"),
+        (("backup-download", "u", "/x"), "usage: rln-hostctl backup-download URL PATH SHA256"),
         (("set-network",), "usage: rln-hostctl set-network NETWORK"),
         (("wallet-aside", "now"), "usage: rln-hostctl wallet-aside"),
     ],

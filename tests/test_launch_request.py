@@ -7,8 +7,9 @@ import gzip
 import os
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import boto3
 import pytest
@@ -16,7 +17,9 @@ from pydantic import ValidationError
 
 from jobs import ec2 as fleet_ec2
 from jobs.config import RegionConfig, RootVolume, StepSettings
-from jobs.registry import NodeSnapshot
+from jobs.outcomes import Wait
+from jobs.registry import Launch, NodeSnapshot, StepContext
+from jobs.steps import instance as instance_step
 from jobs.user_data import USER_DATA_LIMIT
 from sim.aws import LaunchLog, MotoServer
 from sim.services import free_port
@@ -148,3 +151,51 @@ def test_each_subnet_has_a_launch_of_its_own() -> None:
     assert second["ClientToken"] == f"{first['ClientToken']}-s1"
     assert len(second["ClientToken"]) <= 64
     assert "SubnetId" not in fleet_ec2.launch_request(node(), RegionConfig(ami=AMI), "f", "t")
+
+
+@dataclass
+class _Tools:
+    cloud: fleet_ec2.Ec2Cloud | None
+    fleet_id: str = FLEET_ID
+    settings: StepSettings = field(default_factory=StepSettings)
+
+
+@dataclass
+class _Replacing:
+    """The part of a step's context the instance step's look-up of a replaced node uses."""
+
+    node: NodeSnapshot
+    tools: _Tools
+    notes: list[str] = field(default_factory=list)
+    recorded: list[Launch] = field(default_factory=list)
+
+    def note(self, event: str, detail: str) -> None:
+        self.notes.append(detail)
+
+    def launches(self) -> list[Launch]:
+        return self.recorded
+
+
+def test_a_replacement_terminates_the_earlier_generations_instances(moto: MotoServer) -> None:
+    """A replaced node's instances of earlier launch generations (found by tag, told apart
+    by their ClientToken) are terminated; the current generation's launch is kept."""
+    settings = StepSettings(aws_endpoint_url=moto.url, regions={REGION: RegionConfig(ami=AMI)})
+    cloud = fleet_ec2.Ec2Cloud(settings, FLEET_ID)
+    old = cloud.launch(replace(node(), launch_generation=0))
+    new = cloud.launch(replace(node(), launch_generation=1))
+    context = _Replacing(replace(node(), launch_generation=1), _Tools(cloud))
+    found = cloud.find_instances(REGION, 1)
+    assert {i.client_token for i in found} == {f"{FLEET_ID}-1-0", f"{FLEET_ID}-1-1"}
+    kept = instance_step._end_earlier_generations(cast(StepContext, context), found)
+    assert [i.id for i in kept] == [new.id]
+    assert cloud.describe(REGION, old.id).state in ("shutting-down", "terminated")  # type: ignore[union-attr]
+    assert cloud.describe(REGION, new.id).state == "running"  # type: ignore[union-attr]
+    assert context.notes == [f"instance {old.id} of an earlier launch terminated"
+                             " (the node's host was replaced)"]  # fmt: skip
+
+
+def test_a_replacement_waits_while_an_earlier_launch_may_still_make_an_instance() -> None:
+    in_flight = Launch(0, REGION, f"{FLEET_ID}-1-0", instance_id=None, in_flight=True)
+    context = _Replacing(replace(node(), launch_generation=1), _Tools(None), recorded=[in_flight])
+    outcome = instance_step.ensure_instance(cast(StepContext, context))
+    assert isinstance(outcome, Wait) and "in flight" in outcome.reason

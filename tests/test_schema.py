@@ -28,6 +28,9 @@ WORKER_EDGES = {("instance", "key"), ("key", "start"), ("start", "wallet"), ("wa
                 ("stop", "stopped"), ("update", "stopped"), ("destroy", "destroyed")}  # fmt: skip
 # The health watch's heals: only from live, only through fleet_heal_node().
 WATCH_EDGES = {("live", "wallet"), ("live", "start"), ("live", "instance")}
+# A replacement of a dead host: only through fleet_request_replace (tests/test_replace_sql.py).
+REPLACE_EDGES = {(state, "instance") for state in
+                 ("live", "stopped", "key", "start", "wallet", "stop", "update")}  # fmt: skip
 WORKER = "fleet-worker:test:1:abcdef"
 
 
@@ -119,6 +122,12 @@ def _take_pair(
                       " WHERE id = %s", (node_id,))  # fmt: skip
         assert watch.execute(heal, (node_id, after)).fetchone() == ("healed",)
         return _url_of(watch)
+    if (before, after) in REPLACE_EDGES:
+        assert refused.value.sqlstate == "FL041"
+        with pytest.raises(psycopg.Error) as by_worker:
+            worker.execute(asked, (after, node_id))
+        assert by_worker.value.sqlstate == "FL041"
+        return None
     assert refused.value.sqlstate == "FL001"
     assert f"illegal transition {before} -> {after}" in str(refused.value)
     if before == "live":

@@ -91,6 +91,10 @@ class FakeAgent:
         self.calls.append(("wallet-aside",))
         return "no wallet in /var/lib/rln: nothing moved"
 
+    async def backup_download(self, url: str, path: str, sha256: str) -> str:
+        self.calls.append(("backup-download", url, path, sha256))
+        return f"{path} size=1 sha256={sha256}"
+
 
 class BrokenAgent(FakeAgent):
     async def status(self) -> str:

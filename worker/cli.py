@@ -23,7 +23,17 @@ from sqlalchemy.orm import Session
 # typer bundles its own click; its usage errors are these (typer exports Abort, not them).
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
-from models import backups, logins, nodes, placement, releases, reseal, secrets, wallet_reinits
+from models import (
+    backups,
+    logins,
+    nodes,
+    placement,
+    releases,
+    replace,
+    reseal,
+    secrets,
+    wallet_reinits,
+)
 from models.errors import BadInput
 from models.identity import fleet_id
 from models.launch_pauses import pauses_in_force
@@ -310,6 +320,37 @@ def node_retry(name: str) -> None:
     with operator_session() as session:
         row = nodes.retry_node(session, name)
         out.print(f"node {row.name} released; {row.state} will run again")
+
+
+@node_app.command("replace")
+def node_replace(
+    name: str,
+    accept_channel_loss: Annotated[
+        bool,
+        typer.Option(
+            "--accept-channel-loss",
+            help="With no clean backup: a fresh wallet from the stored mnemonic (on-chain"
+            " funds come back, every channel is lost)",
+        ),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """A new instance for a node whose host is gone (the old one terminated if it still
+    exists); its wallet restored from the latest backup taken while it was locked and
+    never unlocked since. Without such a backup: refused, unless --accept-channel-loss."""
+    with operator_session() as session:
+        found = replace.request_replace(session, name, accept_channel_loss)
+    backup = found.backup
+    if as_json:
+        print_json({"node": name, "generation": found.generation,
+                    "backup": None if backup is None else asdict(backup)})  # fmt: skip
+    elif backup is not None:
+        where = f"s3://{backup.bucket}/{backup.key}"
+        typer.echo(f"node {name} is being replaced (launch generation {found.generation}):"
+                   f" its wallet will be restored from {where}")  # fmt: skip
+    else:
+        typer.echo(f"node {name} is being replaced (launch generation {found.generation})"
+                   " WITH A FRESH WALLET from its mnemonic: its channels are lost")  # fmt: skip
 
 
 @node_app.command("secrets")

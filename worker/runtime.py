@@ -15,7 +15,16 @@ from sqlalchemy import Connection, Engine, Row, func, update
 from sqlalchemy.exc import DBAPIError
 
 from jobs.outcomes import Done, Fail, HoldNode, Outcome, Wait
-from jobs.registry import Launch, NodeFacts, NodeSnapshot, StepRegistry, UnknownStep, steps
+from jobs.registry import (
+    Launch,
+    NodeFacts,
+    NodeSnapshot,
+    Replacement,
+    ReplacementOutcome,
+    StepRegistry,
+    UnknownStep,
+    steps,
+)
 from jobs.toolbox import Toolbox
 from models import secrets
 from models.errors import BadInput
@@ -167,6 +176,19 @@ class RunningStep:
     ) -> bool:
         with self.engine.connect() as connection:
             return record_progress(connection, request_id, self.worker, moved_aside_to, done)
+
+    def replacement(self) -> Replacement | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(query("replacement"), {"node_id": self.node.id}).first()
+        if row is None:
+            return None
+        return Replacement(row.generation, row.backup, row.accept_channel_loss)
+
+    def replacement_done(self, generation: int, outcome: ReplacementOutcome) -> bool:
+        params = {"node_id": self.node.id, "generation": generation, "outcome": outcome,
+                  "worker": self.worker}  # fmt: skip
+        with self.engine.connect() as connection:
+            return connection.execute(query("replacement_done"), params).first() is not None
 
 
 def key_ring(config: FleetSettings) -> secrets.KeyRing:

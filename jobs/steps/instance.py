@@ -12,7 +12,7 @@ by a launch with its token."""
 import structlog
 from botocore.exceptions import ClientError
 
-from jobs.ec2 import Instance
+from jobs.ec2 import Instance, client_token
 from jobs.outcomes import Done, HoldNode, Outcome, Wait
 from jobs.registry import NodeFacts, StepContext, steps
 from jobs.steps.launching import launch
@@ -26,6 +26,15 @@ UNWANTED_IN = ("destroy", "destroyed")
 
 @steps.step("instance")
 def ensure_instance(context: StepContext) -> Outcome:
+    if _earlier_launch_in_flight(context):
+        # A replaced node: its instance may still appear, to be found and ended once it
+        # does (below), never left running beside the new one.
+        poll = context.tools.settings.poll_seconds
+        return Wait(poll, "an earlier generation's launch is in flight")
+    return _one_instance(context)
+
+
+def _one_instance(context: StepContext) -> Outcome:
     node, tools = context.node, context.tools
     instance = _known_instance(context)
     if isinstance(instance, Wait):
@@ -101,6 +110,8 @@ def _known_instance(context: StepContext) -> Instance | Wait | None:
 def _tagged_instance(context: StepContext) -> Instance | None:
     node = context.node
     found = context.tools.cloud.find_instances(node.region, node.id)
+    if node.launch_generation > 0:
+        found = _end_earlier_generations(context, found)
     if len(found) > 1:
         ids = ", ".join(sorted(i.id for i in found))
         raise HoldNode(f"node {node.name} has {len(found)} instances ({ids}); keep one")
@@ -140,3 +151,39 @@ def _unknown_to_ec2(context: StepContext, instance_id: str) -> Instance | Wait |
             " (terminated over an hour ago)"
         )
     return None
+
+
+def _end_earlier_generations(context: StepContext, found: list[Instance]) -> list[Instance]:
+    """A replaced host's instance that still exists (stopped, unreachable, or running a
+    daemon nobody should talk to) is terminated: only the current generation's launch is
+    the node's instance. Returns the instances that remain."""
+    node, tools = context.node, context.tools
+    current = client_token(tools.fleet_id, node.id, node.launch_generation)
+    kept = []
+    for instance in found:
+        if _of_generation(instance, current):
+            kept.append(instance)
+        elif instance.state not in ("shutting-down", "terminated"):
+            tools.cloud.terminate(node.region, instance.id)
+            log.warning("an earlier generation's instance terminated", node_id=node.id,
+                        instance_id=instance.id, generation=node.launch_generation)  # fmt: skip
+            context.note("note", f"instance {instance.id} of an earlier launch terminated"
+                         f" (the node's host was replaced)")  # fmt: skip
+    return kept
+
+
+def _of_generation(instance: Instance, token: str) -> bool:
+    """Launched with this generation's token: the first subnet's launch has the token
+    itself, the other subnets' add -s<slot>. One with no token is never ended here."""
+    made = instance.client_token
+    return made is None or made == token or made.startswith(f"{token}-s")
+
+
+def _earlier_launch_in_flight(context: StepContext) -> bool:
+    node = context.node
+    if node.launch_generation == 0 or node.instance_id is not None:
+        return False
+    return any(
+        launch.in_flight and launch.generation < node.launch_generation
+        for launch in context.launches()
+    )

@@ -25,7 +25,7 @@ from jobs.config import ChainBackend
 from jobs.node_api import NETWORK_NAMES, NodeApi, NodeApiError, NodeUnreachable
 from jobs.outcomes import Done, HoldNode, Outcome, Wait
 from jobs.registry import NodeFacts, StepContext, steps
-from jobs.steps import wallet_reinit
+from jobs.steps import restore, wallet_reinit
 from jobs.steps.common import lock_quietly, node_api
 from models.formats import Network
 from models.secrets import Secret
@@ -55,7 +55,12 @@ def open_wallet(context: StepContext) -> Outcome:
         if exc.name == "ChangingState":
             return Wait(poll, "node is busy unlocking")
         raise
+    replacement = context.replacement()
+    if replacement is not None:
+        restore.check_replaced(context, api, info.pubkey)
     context.record(NodeFacts(node_pubkey=info.pubkey))
+    if replacement is not None:
+        restore.finish(context, replacement)
     return Done()
 
 
@@ -123,8 +128,11 @@ def _unlock(context: StepContext, api: NodeApi, password: Secret, mnemonic: Secr
     if wallet_reinit.moved_aside(context) is not None:
         _reinitialise(context, api, password, mnemonic, chain, move_aside=False)
         return
-    _refuse_init_of_a_wallet_that_ran(context)
-    _init(context, api, password, mnemonic)
+    replacement = context.replacement()
+    if replacement is None:
+        _refuse_init_of_a_wallet_that_ran(context)
+    if replacement is None or not restore.bring_back(context, api, replacement, password):
+        _init(context, api, password, mnemonic)
     _unlock_once(context, api, password, chain)
 
 
@@ -132,7 +140,8 @@ def _refuse_init_of_a_wallet_that_ran(context: StepContext) -> None:
     """A node that ran (its pubkey is recorded) whose daemon now says NotInitialized lost
     its storage dir: /init from the mnemonic would bring back the on-chain funds but not
     the channels' state, which only a backup can (or which a peer can punish). Never done
-    silently: by a heal of the watch least of all."""
+    silently: by a heal of the watch least of all. A replacement of its host (`fleet node
+    replace`, jobs/steps/restore.py) is the one way on."""
     node = context.node
     if node.node_pubkey is not None:
         raise HoldNode(

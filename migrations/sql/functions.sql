@@ -85,6 +85,7 @@ CREATE OR REPLACE FUNCTION nodes_check_transition() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     edge_actor text;
+    replacing boolean;
 BEGIN
     NEW.updated_at := now();
     -- A new target for an update in progress. While its step may run (not held, or
@@ -111,12 +112,27 @@ BEGIN
     END IF;
     -- An edge may be open to several actors (live -> wallet: an app, and the watch): an
     -- app edge is open to anyone who may write state; the others are checked below.
+    -- A replacement (fleet_request_replace) bumps the launch generation to one it recorded
+    -- as pending in the same UPDATE: only then is a 'replace' edge the one taken, and it
+    -- is the last one looked at otherwise (live -> instance is also the watch's heal).
+    replacing := false;
+    IF NEW.launch_generation = OLD.launch_generation + 1 THEN  -- never on a step's hot path
+        replacing := EXISTS (
+            SELECT 1 FROM node_replacements r
+            WHERE r.node_id = OLD.id AND r.generation = NEW.launch_generation
+              AND r.done_at IS NULL);
+    END IF;
     SELECT e.actor INTO edge_actor
     FROM node_edges e WHERE e.from_state = OLD.state AND e.to_state = NEW.state
-    ORDER BY e.actor <> 'app', e.actor LIMIT 1;
+    ORDER BY e.actor <> 'app', (e.actor = 'replace') <> replacing, e.actor LIMIT 1;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'illegal transition % -> % for node %', OLD.state, NEW.state, OLD.name
             USING ERRCODE = 'FL001';
+    END IF;
+    IF edge_actor = 'replace' AND NOT replacing THEN
+        RAISE EXCEPTION 'transition % -> % for node % is a replacement of its host: ask for it with `fleet node replace`',
+            OLD.state, NEW.state, OLD.name
+            USING ERRCODE = 'FL041';
     END IF;
     -- A watch edge is a heal: taken only by the health watch's login (through
     -- fleet_heal_node, which writes its cause), on a row no worker holds.
@@ -588,5 +604,88 @@ BEGIN
     END LOOP;
     UPDATE rollouts SET batches_started = number, updated_at = now() WHERE id = r.id;
     RETURN moved;
+
+-- `fleet node replace` (and the API's replace, admins only): a new instance for a node
+-- whose host is gone, in one transaction. The wallet comes back from the latest backup
+-- taken while the node was locked (stop, update) after which it never entered wallet or
+-- live again: the Lightning state the node last ran. Restoring an older state than that
+-- can lose funds (a peer publishes a penalty transaction), so without such a backup the
+-- request is refused, unless the operator accepts losing the channels: then the wallet
+-- step makes a fresh wallet from the stored mnemonic (on-chain funds come back). The
+-- request bumps the launch generation (a new ClientToken: a new RunInstances), forgets the
+-- old host (instance id, address, SSH host key pin: the key step pins the new one) and
+-- moves the node to `instance` (the instance step terminates the older generation's
+-- instances). Returns the generation and the backup's history line (NULL: none).
+CREATE OR REPLACE FUNCTION fleet_request_replace(node_name text, accept_channel_loss boolean)
+RETURNS TABLE (node_id bigint, generation integer, backup text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    target nodes%ROWTYPE;
+    backup_row bigint;
+    backup_detail text;
+    next_generation integer;
+BEGIN
+    IF fleet_login_role() IS DISTINCT FROM 'operator' AND fleet_login_role() IS DISTINCT FROM 'api' THEN
+        RAISE EXCEPTION 'only an operator (or an admin of the API) replaces a node''s host'
+            USING ERRCODE = 'FL042';
+    END IF;
+    SELECT * INTO target FROM nodes n WHERE n.name = node_name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no node named %', node_name USING ERRCODE = 'FL043';
+    END IF;
+    IF target.state IN ('new', 'destroy', 'destroyed') OR target.node_pubkey IS NULL THEN
+        RAISE EXCEPTION 'node % is in % and %: only a node that ran, and is not being destroyed, is replaced',
+            node_name, target.state,
+            CASE WHEN target.node_pubkey IS NULL THEN 'never ran' ELSE 'ran' END
+            USING ERRCODE = 'FL041';
+    END IF;
+    IF (SELECT kind FROM node_states WHERE state = target.state) = 'work'
+       AND (target.held_at IS NULL OR target.lease_owner IS NOT NULL) THEN
+        RAISE EXCEPTION 'node % is busy in % (not held): replace it once it is held, live or stopped',
+            node_name, target.state
+            USING ERRCODE = 'FL041';
+    END IF;
+    -- The history line format is models/backups.py's (a verified backup names its sha256).
+    SELECT h.id, h.detail INTO backup_row, backup_detail
+    FROM node_history h
+    WHERE h.node_id = target.id AND h.event = 'backup'
+      AND h.detail ~ ' size=[0-9]+ sha256=[0-9a-f]{64}$'
+      AND NOT EXISTS (SELECT 1 FROM node_history u
+                      WHERE u.node_id = target.id AND u.id > h.id AND u.event = 'transition'
+                        AND u.to_state IN ('wallet', 'live'))
+    ORDER BY h.id DESC LIMIT 1;
+    IF backup_row IS NULL AND NOT accept_channel_loss THEN
+        RAISE EXCEPTION 'node % has no backup taken while it was locked and never unlocked since: restoring an older Lightning state can lose funds (penalty transactions); to replace it with a fresh wallet from its stored mnemonic (on-chain funds back, channels lost) ask again accepting channel loss',
+            node_name
+            USING ERRCODE = 'FL040';
+    END IF;
+    next_generation := target.launch_generation + 1;
+    UPDATE node_replacements r SET done_at = now(), outcome = 'superseded'
+    WHERE r.node_id = target.id AND r.done_at IS NULL;
+    INSERT INTO node_replacements (node_id, generation, backup_id, accept_channel_loss, requested_by)
+    VALUES (target.id, next_generation, backup_row, accept_channel_loss, session_user);
+    UPDATE nodes n
+    SET state = 'instance',
+        launch_generation = next_generation,
+        instance_id = NULL,
+        address = NULL,
+        ssh_host_key = NULL,
+        held_at = NULL,
+        attempts = 0,
+        last_error = NULL,
+        next_attempt_at = now(),
+        lease_owner = NULL,
+        lease_expires_at = NULL
+    WHERE n.id = target.id;
+    INSERT INTO node_history (node_id, event, from_state, to_state, actor, login, attempt, detail)
+    VALUES (target.id, 'note', target.state, 'instance', fleet_actor(), session_user, 0,
+            CASE WHEN backup_row IS NOT NULL THEN
+                format('replace requested (launch generation %s): a new instance for %s, its wallet restored from the clean backup %s',
+                       next_generation, coalesce(target.instance_id, 'an instance no longer recorded'), backup_detail)
+            ELSE
+                format('REPLACE ACCEPTING CHANNEL LOSS (launch generation %s): a new instance for %s and a FRESH WALLET from the stored mnemonic: on-chain funds come back, every channel and its state is LOST (no backup taken while locked and never unlocked since)',
+                       next_generation, coalesce(target.instance_id, 'an instance no longer recorded'))
+            END);
+    RETURN QUERY SELECT target.id, next_generation, backup_detail;
 END
 $$;

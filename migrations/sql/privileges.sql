@@ -44,7 +44,8 @@ GRANT USAGE ON SCHEMA public
 -- id. No column of nodes is a secret, so whoever may see a node sees all of it;
 -- node_secrets is read by workers and operators only (not even ciphertext for anyone else).
 GRANT SELECT ON node_states, node_edges, releases, alembic_version, fleet_identity,
-                nodes, node_history, fleet_status, fleet_nodes, node_health, fleet_health
+                nodes, node_history, fleet_status, fleet_nodes, node_health, fleet_health,
+                node_replacements
     TO fleet_app, fleet_api, fleet_reader, fleet_worker, fleet_dispatcher, fleet_operator,
        fleet_watch;
 
@@ -95,6 +96,11 @@ GRANT SELECT ON node_secrets TO fleet_watch;
 GRANT EXECUTE ON FUNCTION fleet_heal_node(bigint, text, text, integer, interval),
                           fleet_watch_hold(bigint, text)
     TO fleet_watch;
+
+-- Replacing a dead host: operators and the API (its route is for admins) ask through
+-- fleet_request_replace(); workers read the request and mark it done (wallet step).
+GRANT EXECUTE ON FUNCTION fleet_request_replace(text, boolean) TO fleet_operator, fleet_api;
+GRANT UPDATE (done_at, outcome) ON node_replacements TO fleet_worker;
 
 -- Row-level security, failing closed: a row is visible only to a login made for this
 -- database (fleet_logins; a login of another fleet's database has the same group roles
@@ -205,3 +211,14 @@ DROP POLICY IF EXISTS pauses_of_this_fleet ON launch_pauses;
 CREATE POLICY pauses_of_this_fleet ON launch_pauses
     USING ((SELECT fleet_login_role()) IS NOT NULL)
     WITH CHECK ((SELECT fleet_login_role()) = 'worker');
+
+ALTER TABLE node_replacements ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS replacements_fleet_wide ON node_replacements;
+CREATE POLICY replacements_fleet_wide ON node_replacements
+    TO fleet_api, fleet_worker, fleet_dispatcher, fleet_operator, fleet_watch
+    USING ((SELECT fleet_login_role()) IS NOT NULL)
+    WITH CHECK ((SELECT fleet_login_role()) = 'worker');
+DROP POLICY IF EXISTS replacements_of_owner ON node_replacements;
+CREATE POLICY replacements_of_owner ON node_replacements
+    TO fleet_app, fleet_reader
+    USING (node_id IN (SELECT id FROM nodes));

@@ -18,6 +18,7 @@ def upgrade() -> None:
     apply_sql("0007_wallet_format.sql")
     apply_sql("0007_rollouts.sql")
     apply_sql("0007_launch_pauses.sql")
+    apply_sql("0007_replace.sql")
 
 
 def downgrade() -> None:
