@@ -572,7 +572,7 @@ def main() -> None:
         ("dead-host", rates.dead_host),
     ):
         parser.add_argument(f"--{name}-rate", type=float, default=default,
-                            help=f"share of the nodes (default {default:.0%%})")  # fmt: skip
+                            help=f"share of the nodes (default {default * 100:g}%%)")  # fmt: skip
     parser.add_argument("--watch-interval", type=float, default=2.0, help="seconds")
     parser.add_argument("--settle-seconds", type=float, default=1200, help="limit per phase")
     parser.add_argument("--keep", type=Path, help="keep the logs in this directory")
