@@ -1,16 +1,22 @@
 """The chaos run: the whole lifecycle under faults, then a check of what must hold.
 
 Nodes go new -> live -> stop -> stopped -> update -> stopped -> start -> live, and half of
-them on to destroyed, while the simulator fails a share of SSH and API calls and kills
-some hosts, and the harness SIGKILLs and restarts random workers, flushes Redis once and
-restarts Postgres (its own) once. At the end it checks and prints:
+them on to destroyed, while the simulator fails a share of SSH and API calls, the harness
+SIGKILLs and restarts random workers, flushes Redis once and restarts Postgres (its own)
+once, and, while nodes climb to live, reboots some live hosts, crashes some daemons,
+stops some instances from outside and kills some hosts for good (chaos_health.py), with
+`fleet watch` running. At the end it checks and prints:
 - every node reached the state it was asked for, or is held with an error naming why;
 - exactly one instance was ever launched per node (counted in the cloud by tag);
 - no orphaned instance (reconcile finds none);
 - every initialised wallet's mnemonic decrypts from the database and is the node's;
 - no secret in Redis or in the logs;
 - no secret crossed a connection other than the node's SSH tunnel (the simulated
-  daemons count the calls that reached them directly, and those that carried secrets).
+  daemons count the calls that reached them directly, and those that carried secrets);
+- every node not on a dead host ends where it was last asked, with no operator action;
+- /init was called once per node (no heal re-initialised a wallet);
+- every dead host is held as "instance gone" or "unreachable";
+- every live-node fault was healed by the watch alone (detection and heal p50/p99).
 
     ./scripts/chaos [--nodes 200] [--workers 4] [--failure-rate 0.1] [--kill-every 8]
 """
@@ -34,6 +40,17 @@ import psycopg
 import redis
 
 import migrations
+from benchmarks.chaos_health import (
+    DEAD_CAUSES,
+    HEALED,
+    FaultRates,
+    LiveFaults,
+    injecting,
+    percentiles,
+    plan_faults,
+    stops_instances,
+    tally,
+)
 from jobs.config import StepSettings
 from jobs.ec2 import NODE_ID_TAG, Ec2Cloud
 from models.identity import fleet_id
@@ -56,9 +73,11 @@ class Plan:
     workers: int
     failure_rate: float
     kill_every: float  # seconds between worker SIGKILLs
-    dead_hosts: int  # hosts the simulator kills for good while nodes are live
+    # Live-node faults for the health watch (reboots, crashes, stopped instances, dead hosts).
+    faults: FaultRates = field(default_factory=FaultRates)
     seed: int = 7
     settle_seconds: float = 600  # per phase
+    watch_interval: float = 2.0  # seconds between two probes of one node
 
 
 @dataclass
@@ -68,7 +87,6 @@ class Chaos:
     worker_kills: int = 0
     redis_flushes: int = 0
     postgres_restarts: int = 0
-    hosts_killed: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)  # nodes asked to update
     phases: list[tuple[str, float]] = field(default_factory=list)  # (asked, seconds)
 
@@ -106,14 +124,29 @@ def run(plan: Plan, work: Path) -> list[Check]:
             }
             release(db_url)
             chaos = Chaos()
+            names = [f"chaos-{i:03d}" for i in range(plan.nodes)]
+            live = LiveFaults(cloud, db_url, plan_faults(names, plan.faults, rng, cloud))
             # Every process and the app with a login of its role, never the owner.
             with (
                 fleet_logins(env) as urls,
-                fleet(env, urls, plan.workers, work) as processes,
+                fleet(env | watch_settings(plan), urls, plan.workers, work) as processes,
                 agitator(plan, rng, processes, chaos),
+                injecting(live),
             ):
-                targets = drive(db_url, urls["app"], cloud, services, plan, rng, chaos)
-            return verify(db_url, cloud, env, services, work, targets, chaos)
+                targets = drive(db_url, urls["app"], names, services, plan, chaos, live)
+            return verify(db_url, cloud, env, services, work, targets, chaos, live)
+
+
+def watch_settings(plan: Plan) -> dict[str, str]:
+    """The watch probes every node each interval; a host silent for 10 intervals (EC2
+    says it runs) is held as unreachable: long enough that the run's 10% API failures and
+    a busy machine never hold a healthy node, short enough for the run."""
+    return {
+        "FLEET_WATCH_INTERVAL_SECONDS": str(plan.watch_interval),
+        "FLEET_WATCH_REFRESH_SECONDS": "0.5",
+        "FLEET_WATCH_PROBE_TIMEOUT_SECONDS": "5",
+        "FLEET_WATCH_UNREACHABLE_HOLD_SECONDS": str(10 * plan.watch_interval),
+    }
 
 
 def release(db_url: str) -> None:
@@ -149,14 +182,15 @@ def fleet(
 ) -> Iterator[Processes]:
     processes = Processes(env, urls, work)
     dispatcher = processes._start("dispatcher", 0)
+    watch = processes._start("watch", 0)
     processes.workers = [processes.start_worker(i) for i in range(workers)]
     try:
         yield processes
     finally:
         with processes.lock:
-            for process in [dispatcher, *processes.workers]:
+            for process in [dispatcher, watch, *processes.workers]:
                 process.send_signal(signal.SIGTERM)
-            for process in [dispatcher, *processes.workers]:
+            for process in [dispatcher, watch, *processes.workers]:
                 try:
                     process.wait(timeout=60)
                 except subprocess.TimeoutExpired:
@@ -189,19 +223,21 @@ def agitator(plan: Plan, rng: random.Random, processes: Processes, chaos: Chaos)
 def drive(
     db_url: str,
     app_url: str,
-    cloud: SimCloud,
+    names: list[str],
     services: Services,
     plan: Plan,
-    rng: random.Random,
     chaos: Chaos,
+    faults: LiveFaults,
 ) -> dict[str, str]:
     """Move the nodes through the lifecycle; return the state each was last asked for.
 
     Redis is flushed and Postgres restarted at fixed points of the lifecycle, each while
     work is certainly pending, not at fixed times: on a fast machine a timed restart came
-    after the fleet had already finished."""
-    names = [f"chaos-{i:03d}" for i in range(plan.nodes)]
+    after the fleet had already finished. The live-node faults are made while the nodes
+    climb to live (first and after the update); a phase ends when its nodes arrived and
+    its faults are healed or held, by the watch alone."""
     targets = dict.fromkeys(names, "live")
+    faults.open("live")
     # What an app does (insert, ask) it does with the app's login; the harness watches as owner.
     with connect_retrying(app_url) as db:
         for name in names:
@@ -214,17 +250,19 @@ def drive(
     time.sleep(FLUSH_AFTER_SECONDS)
     redis.Redis.from_url(services.redis_url).flushdb()
     chaos.redis_flushes += 1
-    timed_settle(db_url, targets, plan, chaos, "live")
-    kill_hosts(cloud, db_url, rng.sample(names, plan.dead_hosts), chaos)
+    timed_settle(db_url, targets, plan, chaos, "live", faults=faults)
+    # Here the operator's `fleet node replace` of each dead host goes (faults.dead()).
     for asked, then in (("stop", "stopped"), ("update", "stopped"), ("start", "live")):
         began = time.monotonic()
+        faults.open(asked)
         moved = ask(app_url, targets, names, asked, then)
         if asked == "update":
             chaos.updated = moved
             restart_postgres(services, chaos)
-        timed_settle(db_url, targets, plan, chaos, asked, began)
+        timed_settle(db_url, targets, plan, chaos, asked, began, faults)
+    faults.open("destroy")
     ask(app_url, targets, names[: plan.nodes // 2], "destroy", "destroyed")
-    timed_settle(db_url, targets, plan, chaos, "destroy")
+    timed_settle(db_url, targets, plan, chaos, "destroy", faults=faults)
     return targets
 
 
@@ -241,21 +279,14 @@ def timed_settle(
     chaos: Chaos,
     phase: str,
     began: float | None = None,
+    faults: LiveFaults | None = None,
 ) -> None:
-    """Wait for the phase to settle; its time counts from `began` (the request, and a
-    Postgres restart made during it) when given, else from now."""
+    """Wait for the phase to settle (and its live-node faults to be healed or held); its
+    time counts from `began` (the request, and a Postgres restart made during it) when
+    given, else from now."""
     began = time.monotonic() if began is None else began
-    settle(db_url, targets, plan.settle_seconds)
+    settle(db_url, targets, plan.settle_seconds, faults, phase)
     chaos.phases.append((phase, time.monotonic() - began))
-
-
-def kill_hosts(cloud: SimCloud, db_url: str, names: list[str], chaos: Chaos) -> None:
-    with connect_retrying(db_url) as db:
-        ids = dict(db.execute("SELECT name, instance_id FROM nodes WHERE name = ANY(%s)", (names,)))
-    for name, instance_id in ids.items():
-        if instance_id in cloud.hosts:
-            cloud.run(cloud.host_of(instance_id).power_off())
-            chaos.hosts_killed.append(name)
 
 
 def ask(db_url: str, targets: dict[str, str], names: list[str], state: str, then: str) -> list[str]:
@@ -272,8 +303,15 @@ def ask(db_url: str, targets: dict[str, str], names: list[str], state: str, then
     return [name for (name,) in moved]
 
 
-def settle(db_url: str, targets: dict[str, str], timeout: float) -> None:
-    """Wait until every node is where it was sent or held."""
+def settle(
+    db_url: str,
+    targets: dict[str, str],
+    timeout: float,
+    faults: LiveFaults | None = None,
+    phase: str = "",
+) -> None:
+    """Wait until every node is where it was sent or held, and the phase's faults are
+    made and healed or held."""
     deadline = time.monotonic() + timeout
     rows: list[tuple[str, str, bool, int, str | None]] = []
     while time.monotonic() < deadline:
@@ -282,12 +320,19 @@ def settle(db_url: str, targets: dict[str, str], timeout: float) -> None:
                 rows = db.execute(
                     "SELECT name, state, held, attempts, last_error FROM nodes"
                 ).fetchall()
+                faulted = faults is None or faults.settled(db, phase)
         except psycopg.OperationalError:
             time.sleep(0.5)  # Postgres is being restarted
             continue
-        if all(held or state == targets[name] for name, state, held, *_ in rows):
+        if faulted and all(held or state == targets[name] for name, state, held, *_ in rows):
             return
         time.sleep(0.5)
+    if faults is not None:
+        unresolved = [f"{f.node} ({f.kind}, made at {f.at})" for f in faults.faults
+                      if f.phase == phase and not f.outcome]  # fmt: skip
+        if unresolved:
+            raise SystemExit("chaos: faults neither healed nor held in time: "
+                             + "; ".join(unresolved[:5]))  # fmt: skip
     stuck = [f"{name} in {state} (asked {targets[name]}, {attempts} attempts, {error})"
              for name, state, held, attempts, error in rows
              if not held and state != targets[name]]  # fmt: skip
@@ -316,6 +361,7 @@ def verify(
     work: Path,
     targets: dict[str, str],
     chaos: Chaos,
+    faults: LiveFaults,
 ) -> list[Check]:
     with connect_retrying(db_url) as db:
         rows = db.execute(
@@ -341,13 +387,14 @@ def verify(
     checks.append(check_mnemonics(cloud, rows, ring, sealed))
     checks.append(check_no_leaks(plain, services, work))
     checks.append(check_tunnelled(cloud))
+    checks.extend(check_watch(cloud, rows, targets, faults))
     checks.append(
         Check(
             "chaos happened",
             chaos.worker_kills > 0 and chaos.redis_flushes == 1 and chaos.postgres_restarts == 1,
             f"{chaos.worker_kills} worker kills, {chaos.redis_flushes} Redis flush, "
             f"{chaos.postgres_restarts} Postgres restart, "
-            f"{len(chaos.hosts_killed)} hosts killed; phases "
+            f"{len(faults.dead())} hosts killed; phases "
             + ", ".join(f"{phase} {seconds:.0f}s" for phase, seconds in chaos.phases),
         )
     )
@@ -470,6 +517,45 @@ def check_tunnelled(cloud: SimCloud) -> Check:
     )
 
 
+def check_watch(
+    cloud: SimCloud, rows: list[Row], targets: dict[str, str], faults: LiveFaults
+) -> list[Check]:
+    """What the health watch must have done with no operator action (and no retry by
+    the harness): healed every node not on a dead host, never re-initialised a wallet,
+    held the dead hosts with their cause."""
+    dead = set(faults.dead())
+    astray = [f"{name} in {state}{' (held: ' + (error or '')[:60] + ')' if held else ''}"
+              for _, name, state, held, error, _ in rows
+              if name not in dead and (held or state != targets[name])]  # fmt: skip
+    inits = [cloud.hosts_ever[instance].disk.init_calls for *_, instance in rows
+             if instance in cloud.hosts_ever]  # fmt: skip
+    unheld = [name for _, name, _, held, error, _ in rows if name in dead and not (
+        held and any(cause in (error or "").lower() for cause in DEAD_CAUSES))]  # fmt: skip
+    healed = [f for f in faults.faults if f.kind in HEALED]
+    unhealed = [f"{f.node} ({f.kind}): {f.outcome or 'not made'}"
+                for f in healed if f.outcome != "healed"]  # fmt: skip
+    detected = [f.detected for f in faults.faults if f.detected is not None]
+    stops = "" if stops_instances(cloud) else " (this simulator cannot stop an instance)"
+    return [
+        Check("every node not on a dead host ends where it was last asked",
+              not astray and len(rows) > len(dead),
+              f"{len(rows) - len(dead)} nodes, {len(astray)} astray"
+              + (f" ({'; '.join(astray[:5])})" if astray else "")),
+        Check("/init called once per node (no heal re-initialised a wallet)",
+              bool(inits) and all(n == 1 for n in inits),
+              f"{sum(inits)} /init calls on {len(inits)} hosts"),
+        Check("every dead host is held as instance gone or unreachable",
+              bool(dead) and not unheld,
+              f"{len(dead) - len(unheld)} of {len(dead)} held"
+              + (f" (not: {', '.join(unheld)})" if unheld else "")),
+        Check("every live-node fault healed by the watch alone",
+              bool(healed) and not unhealed and len(detected) == len(faults.faults),
+              f"{tally(faults.faults)}{stops}; detection {percentiles(detected)}, heal "
+              f"{percentiles([f.healed for f in healed if f.healed is not None])}"
+              + (f"; not healed: {'; '.join(unhealed[:5])}" if unhealed else "")),
+    ]  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--nodes", type=int, default=200)
@@ -478,7 +564,16 @@ def main() -> None:
     # A worker costs about 3 s of CPU to start (imports, botocore's service model): on 2
     # cores, killing one every 3 s left the fleet mostly restarting workers.
     parser.add_argument("--kill-every", type=float, default=8.0, help="seconds (mean)")
-    parser.add_argument("--dead-hosts", type=int, default=0, help="default: 2%% of the nodes")
+    rates = FaultRates()
+    for name, default in (
+        ("reboot", rates.reboot),
+        ("crash", rates.crash),
+        ("stop-instance", rates.stop_instance),
+        ("dead-host", rates.dead_host),
+    ):
+        parser.add_argument(f"--{name}-rate", type=float, default=default,
+                            help=f"share of the nodes (default {default * 100:g}%%)")  # fmt: skip
+    parser.add_argument("--watch-interval", type=float, default=2.0, help="seconds")
     parser.add_argument("--settle-seconds", type=float, default=1200, help="limit per phase")
     parser.add_argument("--keep", type=Path, help="keep the logs in this directory")
     args = parser.parse_args()
@@ -487,8 +582,9 @@ def main() -> None:
         args.workers,
         args.failure_rate,
         args.kill_every,
-        args.dead_hosts or max(1, args.nodes // 50),
+        FaultRates(args.reboot_rate, args.crash_rate, args.stop_instance_rate, args.dead_host_rate),
         settle_seconds=args.settle_seconds,
+        watch_interval=args.watch_interval,
     )
     started = time.monotonic()
     if args.keep:

@@ -71,7 +71,8 @@ def main() -> None:
         fleet(as_login(env, urls, "operator"), "release", "add", RELEASE, artifact, sha256)
         stack.enter_context(fleet_processes(env, urls, args.workers, work))
         api = stack.enter_context(running_api(as_login(env, urls, "api"), work))
-        ok = play(urls["app"], [f"demo-{i:02d}" for i in range(1, args.nodes + 1)], api)
+        names = [f"demo-{i:02d}" for i in range(1, args.nodes + 1)]
+        ok = play(urls["app"], names, api, cloud)
         console.print(f"\nlogs of the fleet's processes: {work} (removed on exit)")
         if args.keep:
             keep_running(env, urls, api)
@@ -164,6 +165,10 @@ def fleet_environment(cloud: SimCloud, db_url: str, redis_url: str, work: Path) 
         "LEASE_SECONDS": 20,
         "LAUNCH_RATE": 5,
         "LOG_FORMAT": "json",
+        # The watch probes each live node every 2 s here (30 s in production), so the
+        # demo's rebooted node is found locked and healed within seconds.
+        "WATCH_INTERVAL_SECONDS": 2,
+        "WATCH_REFRESH_SECONDS": 1,
     }
     for name, value in settings.items():
         env[f"FLEET_{name}"] = value if isinstance(value, str) else json.dumps(value)
@@ -183,7 +188,7 @@ def fleet_logins(env: dict[str, str]) -> Iterator[dict[str, str]]:
     suffix = secrets.token_hex(3)
     urls: dict[str, str] = {}
     try:
-        for role in ("operator", "app", "reader", "api", "worker", "dispatcher"):
+        for role in ("operator", "app", "reader", "api", "worker", "dispatcher", "watch"):
             made = subprocess.run(
                 [sys.executable, "-m", "worker", "db", "create-login", f"demo_{role}_{suffix}",
                  "--role", role],
@@ -208,13 +213,13 @@ def fleet_processes(
     env: dict[str, str], urls: dict[str, str], workers: int, work: Path
 ) -> Iterator[None]:
     processes = []
-    for role, count in (("dispatcher", 1), ("worker", workers)):
+    for role, count in (("dispatcher", 1), ("watch", 1), ("worker", workers)):
         for number in range(count):
             with open(work / f"{role}-{number}.log", "ab") as log:
                 command = [sys.executable, "-m", "worker", role]
                 login = as_login(env, urls, role)
                 processes.append(subprocess.Popen(command, env=login, stdout=log, stderr=log))
-    console.print(f"fleet up: 1 dispatcher, {workers} workers")
+    console.print(f"fleet up: 1 dispatcher, 1 health watch, {workers} workers")
     try:
         yield
     finally:
@@ -225,7 +230,7 @@ def fleet_processes(
         console.print("fleet stopped")
 
 
-def play(db_url: str, names: list[str], api: DemoApi) -> bool:
+def play(db_url: str, names: list[str], api: DemoApi, cloud: SimCloud) -> bool:
     quarter = len(names) // 4
     stopped, restarted, untouched, destroyed = (
         names[:quarter], names[quarter : 2 * quarter], names[2 * quarter : -quarter],
@@ -235,6 +240,7 @@ def play(db_url: str, names: list[str], api: DemoApi) -> bool:
         create_nodes(db, names)
         untouched.append(api.create_node(console, "from-the-api"))
         watch(db, "every node to live", names + untouched[-1:], "live")
+        healed = reboot_and_heal(db, cloud, untouched[0])
         move(db, stopped + restarted, "stop")
         watch(db, "stop and back up", stopped + restarted, "stopped")
         move(db, stopped, "update", RELEASE)
@@ -245,7 +251,51 @@ def play(db_url: str, names: list[str], api: DemoApi) -> bool:
         watch(db, "destroy (backup, terminate)", destroyed, "destroyed")
         expected = {n: "stopped" for n in stopped} | {n: "live" for n in restarted + untouched}
         expected |= {n: "destroyed" for n in destroyed}
-        return summary(db, expected)
+        return summary(db, expected) and healed
+
+
+def reboot_and_heal(db: psycopg.Connection, cloud: SimCloud, name: str) -> bool:
+    """Reboot one live node's host behind the fleet's back: its daemon comes back locked,
+    and nobody asks for anything. The health watch finds it locked and heals it (the
+    workers unlock it, never /init); the heal is in the node's history, with its cause."""
+    wait_for(db, "SELECT health = 'ok' FROM fleet_health WHERE name = %s", (name,), 60)
+    [(node_id, instance_id, since)] = db.execute(
+        "SELECT id, instance_id, clock_timestamp() FROM nodes WHERE name = %s", (name,)
+    ).fetchall()
+    console.print(f"\n[bold]The host of {name} reboots; nobody tells the fleet[/bold]")
+    cloud.run(cloud.host_of(instance_id).reboot())
+    started = time.monotonic()
+    back = (
+        "SELECT h.health = 'ok' AND EXISTS (SELECT 1 FROM node_history WHERE node_id = %s"
+        " AND event = 'heal' AND at >= %s) FROM fleet_health h WHERE h.name = %s"
+    )
+    if not wait_for(db, back, (node_id, since, name), 120):
+        console.print(f"[red]{name} did not come back by itself[/red]")
+        return False
+    console.print(f"{name} is live and unlocked again, by itself, in "
+                  f"{time.monotonic() - started:.1f}s; its history since the reboot:")  # fmt: skip
+    for at, event, moved, login, detail in db.execute(
+        "SELECT at, event, from_state || ' -> ' || to_state, login, detail FROM node_history"
+        " WHERE node_id = %s AND at >= %s ORDER BY id",
+        (node_id, since),
+    ):
+        console.print(
+            f"  {at:%H:%M:%S} {event:10} {moved or '':18} {login or '':20} {detail or ''}"
+        )
+    return True
+
+
+def wait_for(
+    db: psycopg.Connection, query: str, params: tuple[object, ...], seconds: float
+) -> bool:
+    """Poll a query of one boolean until it is true (False after `seconds`)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        row = db.execute(query, params).fetchone()
+        if row is not None and row[0]:
+            return True
+        time.sleep(0.25)
+    return False
 
 
 def create_nodes(db: psycopg.Connection, names: list[str]) -> None:

@@ -124,12 +124,13 @@ class SimHost:
             self._ssh = None
 
     async def reboot(self) -> None:
-        """The host restarts; the node service comes back (systemd) but locked."""
+        """The host restarts; the node service comes back (systemd) but locked. systemd
+        is not the host agent: the agent's injected failures never touch it."""
         was_running = self.daemon is not None
         await self.power_off()
         await self.boot()
         if was_running:
-            await self.start()
+            await self._run_daemon()
 
     async def crash(self) -> None:
         """The daemon dies and stays down (an OOM kill systemd gave up restarting, a
@@ -161,6 +162,10 @@ class SimHost:
         self._maybe_fail("start")
         if self.daemon is not None:
             return "already running"
+        await self._run_daemon()
+        return "started"
+
+    async def _run_daemon(self) -> None:
         if self.root_key is None:
             raise AgentError("no root public key set: run set-root-key first")
         if self.version is None:
@@ -182,7 +187,6 @@ class SimHost:
         )
         await daemon.start(self.address, self.ports.api)
         self.daemon = daemon
-        return "started"
 
     async def stop(self) -> str:
         self._maybe_fail("stop")

@@ -1,6 +1,7 @@
 """`./scripts/demo --keep`, run as a newcomer would (no FLEET_ settings: it starts its own
-Postgres and Redis), leaves the fleet running: what it prints reaches the database as a
-reader and the API with a token, and SIGTERM stops it all."""
+Postgres and Redis), shows a rebooted node healed by the watch alone and leaves the fleet
+running: what it prints reaches the database as a reader and the API with a token, and
+SIGTERM stops it all."""
 
 import os
 import queue
@@ -52,6 +53,9 @@ def test_the_demo_kept_running_can_be_explored_and_stopped() -> None:
     try:
         printed = read_until(process, "demo: kept running", 300)
         assert "every node is where the demo put it" in printed
+        # One node's host rebooted behind the fleet's back, healed by the watch alone.
+        assert "is live and unlocked again, by itself" in printed
+        assert re.search(r"heal +live -> wallet +\S*watch\S* +locked: ", printed), printed
         [reader_url] = re.findall(r"psql '([^']+)'", printed)
         [(token, api_url)] = re.findall(r"Bearer ([^']+)' (http://\S+)/nodes", printed)
         with psycopg.connect(reader_url) as reader:

@@ -7,10 +7,13 @@ import asyncio
 import random
 import time
 from collections import Counter as Tally
+from collections.abc import Coroutine
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
+from sqlalchemy.exc import DBAPIError
 
 from watch import metrics
 from watch.health import STATUSES, Heal, Hold, Limits, Observation, decide
@@ -47,17 +50,26 @@ class Watch:
             while not stop.is_set():
                 now = time.monotonic()
                 if now - refreshed >= self.settings.watch_refresh_seconds:
-                    await self.refresh()
                     refreshed = now
+                    await self._or_later(self.refresh())
                 self._start_due(now)
                 if now - flushed >= FLUSH_SECONDS:
-                    await self.flush()
                     flushed = now
+                    await self._or_later(self.flush())
                 await asyncio.sleep(TICK_SECONDS)
         finally:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self.flush()
+            await self._or_later(self.flush())
             await self.tools.hosts.close()
+
+    async def _or_later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Postgres away (restarting, failing over) ends nothing: the nodes known so far
+        are still probed, the results wait in `pending`, and the next refresh or flush
+        tries again. Only the error's kind is logged (its text may name the server)."""
+        try:
+            await work
+        except DBAPIError as exc:
+            log.warning("database unavailable; trying again later", error=type(exc.orig).__name__)
 
     async def refresh(self) -> None:
         live = await asyncio.to_thread(self.store.live_nodes)
@@ -153,7 +165,11 @@ class Watch:
 
     async def flush(self) -> None:
         batch, self.pending = self.pending, []
-        await asyncio.to_thread(self.store.record, batch)
+        try:
+            await asyncio.to_thread(self.store.record, batch)
+        except DBAPIError:
+            self.pending = batch + self.pending  # kept for the next flush
+            raise
 
     def _export(self, now: float) -> None:
         tally = Tally(seen.status for node_id, seen in self.seen.items() if node_id in self.nodes)
