@@ -7,15 +7,18 @@ once, and, while nodes climb to live, reboots some live hosts, crashes some daem
 stops some instances from outside and kills some hosts for good (chaos_health.py), with
 `fleet watch` running. At the end it checks and prints:
 - every node reached the state it was asked for, or is held with an error naming why;
-- exactly one instance was ever launched per node (counted in the cloud by tag);
+- exactly one instance was ever launched per node, two for a replaced one (counted in
+  the cloud by tag);
 - no orphaned instance (reconcile finds none);
 - every initialised wallet's mnemonic decrypts from the database and is the node's;
 - no secret in Redis or in the logs;
 - no secret crossed a connection other than the node's SSH tunnel (the simulated
   daemons count the calls that reached them directly, and those that carried secrets);
-- every node not on a dead host ends where it was last asked, with no operator action;
+- every node ends where it was last asked, with no operator action but the dead hosts'
+  replace;
 - /init was called once per node (no heal re-initialised a wallet);
-- every dead host is held as "instance gone" or "unreachable";
+- every dead host is held as "instance gone" or "unreachable", then replaced (accepting
+  the loss of its channels: it died live) and ends where it was last asked;
 - every live-node fault was healed by the watch alone (detection and heal p50/p99).
 
     ./scripts/chaos [--nodes 200] [--workers 4] [--failure-rate 0.1] [--kill-every 8]
@@ -89,6 +92,7 @@ class Chaos:
     postgres_restarts: int = 0
     updated: list[str] = field(default_factory=list)  # nodes asked to update
     phases: list[tuple[str, float]] = field(default_factory=list)  # (asked, seconds)
+    dead_held: dict[str, str] = field(default_factory=dict)  # dead host's node -> its hold
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,7 @@ def run(plan: Plan, work: Path) -> list[Check]:
                 agitator(plan, rng, processes, chaos),
                 injecting(live),
             ):
-                targets = drive(db_url, urls["app"], names, services, plan, chaos, live)
+                targets = drive(db_url, urls, names, services, plan, chaos, live)
             return verify(db_url, cloud, env, services, work, targets, chaos, live)
 
 
@@ -222,7 +226,7 @@ def agitator(plan: Plan, rng: random.Random, processes: Processes, chaos: Chaos)
 
 def drive(
     db_url: str,
-    app_url: str,
+    urls: dict[str, str],
     names: list[str],
     services: Services,
     plan: Plan,
@@ -237,6 +241,7 @@ def drive(
     climb to live (first and after the update); a phase ends when its nodes arrived and
     its faults are healed or held, by the watch alone."""
     targets = dict.fromkeys(names, "live")
+    app_url = urls["app"]
     faults.open("live")
     # What an app does (insert, ask) it does with the app's login; the harness watches as owner.
     with connect_retrying(app_url) as db:
@@ -251,7 +256,9 @@ def drive(
     redis.Redis.from_url(services.redis_url).flushdb()
     chaos.redis_flushes += 1
     timed_settle(db_url, targets, plan, chaos, "live", faults=faults)
-    # Here the operator's `fleet node replace` of each dead host goes (faults.dead()).
+    began = time.monotonic()
+    chaos.dead_held = replace_dead(urls["operator"], faults.dead())
+    timed_settle(db_url, targets, plan, chaos, "replace", began)
     for asked, then in (("stop", "stopped"), ("update", "stopped"), ("start", "live")):
         began = time.monotonic()
         faults.open(asked)
@@ -264,6 +271,20 @@ def drive(
     ask(app_url, targets, names[: plan.nodes // 2], "destroy", "destroyed")
     timed_settle(db_url, targets, plan, chaos, "destroy", faults=faults)
     return targets
+
+
+def replace_dead(operator_url: str, dead: list[str]) -> dict[str, str]:
+    """What an operator does about each dead host the watch held: `fleet node replace`,
+    accepting the channels' loss (each died live, so no backup is clean: its last state was
+    unlocked). Returns each one's hold, as the watch left it."""
+    held: dict[str, str] = {}
+    with connect_retrying(operator_url) as db:
+        for name in dead:
+            [(error,)] = db.execute("SELECT last_error FROM nodes WHERE name = %s AND held",
+                                    (name,)).fetchall()  # fmt: skip
+            held[name] = str(error)
+            db.execute("SELECT fleet_request_replace(%s, true)", (name,))
+    return held
 
 
 def restart_postgres(services: Services, chaos: Chaos) -> None:
@@ -376,7 +397,7 @@ def verify(
     checks = [
         check_states(rows, targets),
         check_updates(versions, len(chaos.updated)),
-        check_one_instance_each(cloud, rows),
+        check_one_instance_each(cloud, rows, set(chaos.dead_held)),
         check_no_orphans(env, db_url),
     ]
     ring = KeyRing.parse(env["FLEET_SECRET_KEYS"], env["FLEET_SECRET_KEY_ID"])
@@ -387,7 +408,7 @@ def verify(
     checks.append(check_mnemonics(cloud, rows, ring, sealed))
     checks.append(check_no_leaks(plain, services, work))
     checks.append(check_tunnelled(cloud))
-    checks.extend(check_watch(cloud, rows, targets, faults))
+    checks.extend(check_watch(cloud, rows, targets, faults, chaos))
     checks.append(
         Check(
             "chaos happened",
@@ -428,7 +449,8 @@ def check_updates(versions: list[tuple[str, str | None, bool]], asked: int) -> C
     )
 
 
-def check_one_instance_each(cloud: SimCloud, rows: list[Row]) -> Check:
+def check_one_instance_each(cloud: SimCloud, rows: list[Row], replaced: set[str]) -> Check:
+    """One instance per launch: a node whose host was replaced has had two."""
     pages = cloud.client("ec2").get_paginator("describe_instances").paginate()
     counts: dict[str, int] = {}
     for page in pages:
@@ -437,11 +459,12 @@ def check_one_instance_each(cloud: SimCloud, rows: list[Row]) -> Check:
                 tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
                 node = tags.get(NODE_ID_TAG, "?")
                 counts[node] = counts.get(node, 0) + 1
-    launched = [counts.get(str(node_id), 0) for node_id, *_ in rows]
+    wanted = {str(node_id): 2 if name in replaced else 1 for node_id, name, *_ in rows}
     return Check(
-        "exactly one instance ever launched per node",
-        all(n == 1 for n in launched) and sum(counts.values()) == len(rows),
-        f"{sum(counts.values())} instances for {len(rows)} nodes",
+        "exactly one instance ever launched per node (two for a replaced host)",
+        all(counts.get(node, 0) == n for node, n in wanted.items())
+        and sum(counts.values()) == sum(wanted.values()),
+        f"{sum(counts.values())} instances for {len(rows)} nodes, {len(replaced)} replaced",
     )
 
 
@@ -518,33 +541,33 @@ def check_tunnelled(cloud: SimCloud) -> Check:
 
 
 def check_watch(
-    cloud: SimCloud, rows: list[Row], targets: dict[str, str], faults: LiveFaults
+    cloud: SimCloud, rows: list[Row], targets: dict[str, str], faults: LiveFaults, chaos: Chaos
 ) -> list[Check]:
     """What the health watch must have done with no operator action (and no retry by
     the harness): healed every node not on a dead host, never re-initialised a wallet,
-    held the dead hosts with their cause."""
+    held the dead hosts with their cause; and that a replace brought each dead one back."""
     dead = set(faults.dead())
     astray = [f"{name} in {state}{' (held: ' + (error or '')[:60] + ')' if held else ''}"
               for _, name, state, held, error, _ in rows
-              if name not in dead and (held or state != targets[name])]  # fmt: skip
+              if held or state != targets[name]]  # fmt: skip
     inits = [cloud.hosts_ever[instance].disk.init_calls for *_, instance in rows
              if instance in cloud.hosts_ever]  # fmt: skip
-    unheld = [name for _, name, _, held, error, _ in rows if name in dead and not (
-        held and any(cause in (error or "").lower() for cause in DEAD_CAUSES))]  # fmt: skip
+    unheld = [name for name in dead if not any(
+        cause in chaos.dead_held.get(name, "").lower() for cause in DEAD_CAUSES)]  # fmt: skip
     healed = [f for f in faults.faults if f.kind in HEALED]
     unhealed = [f"{f.node} ({f.kind}): {f.outcome or 'not made'}"
                 for f in healed if f.outcome != "healed"]  # fmt: skip
     detected = [f.detected for f in faults.faults if f.detected is not None]
     stops = "" if stops_instances(cloud) else " (this simulator cannot stop an instance)"
     return [
-        Check("every node not on a dead host ends where it was last asked",
+        Check("every node ends where it was last asked (the dead hosts' after a replace)",
               not astray and len(rows) > len(dead),
-              f"{len(rows) - len(dead)} nodes, {len(astray)} astray"
+              f"{len(rows)} nodes, {len(dead)} replaced, {len(astray)} astray"
               + (f" ({'; '.join(astray[:5])})" if astray else "")),
         Check("/init called once per node (no heal re-initialised a wallet)",
               bool(inits) and all(n == 1 for n in inits),
               f"{sum(inits)} /init calls on {len(inits)} hosts"),
-        Check("every dead host is held as instance gone or unreachable",
+        Check("every dead host was held as instance gone or unreachable, then replaced",
               bool(dead) and not unheld,
               f"{len(dead) - len(unheld)} of {len(dead)} held"
               + (f" (not: {', '.join(unheld)})" if unheld else "")),

@@ -604,6 +604,8 @@ BEGIN
     END LOOP;
     UPDATE rollouts SET batches_started = number, updated_at = now() WHERE id = r.id;
     RETURN moved;
+END
+$$;
 
 -- `fleet node replace` (and the API's replace, admins only): a new instance for a node
 -- whose host is gone, in one transaction. The wallet comes back from the latest backup
