@@ -36,6 +36,11 @@ class NoSession(Exception):
     """No SSH session (refused, timed out, reset)."""
 
 
+class ConnectionBroken(Exception):
+    """The kept connection died under the probe (the host rebooted, a reset), perhaps
+    before the watch saw it close: a new connection may well answer."""
+
+
 class ApiClosed(Exception):
     """SSH answers, but nothing listens on the node API's port."""
 
@@ -94,6 +99,8 @@ class HostConnections:
         try:
             reader, writer = await connection.open_connection(HOST_LOOPBACK, self._api_port)
         except asyncssh.ChannelOpenError as exc:
+            if _closed(connection):
+                raise ConnectionBroken(f"SSH connection lost: {exc.reason}") from None
             raise ApiClosed(
                 f"node API port {self._api_port} closed on the host: {exc.reason}"
             ) from None
@@ -105,11 +112,16 @@ class HostConnections:
                     http.start_next_cycle()
                 answers.append(await _get(http, reader, writer, path, token))
             return answers
+        except (OSError, asyncssh.Error) as exc:
+            raise ConnectionBroken(f"SSH connection lost: {_said(exc)}") from None
         finally:
             writer.close()
 
     async def agent_status(self, connection: asyncssh.SSHClientConnection) -> HostStatus:
-        result = await connection.run(f"sudo {AGENT} status", check=False)
+        try:
+            result = await connection.run(f"sudo {AGENT} status", check=False)
+        except (OSError, asyncssh.Error) as exc:
+            raise ConnectionBroken(f"SSH connection lost: {_said(exc)}") from None
         line = str(result.stdout or "").strip()
         if result.exit_status != 0:
             raise ValueError(f"host agent status failed: {str(result.stderr or '')[:120]!r}")
