@@ -29,6 +29,7 @@ import base64
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import time
@@ -70,6 +71,7 @@ TARGET_DETECTION = Target(1.1, at_most=True, on_ratio=True)
 FLUSH_SLACK_SECONDS = 3.0  # results are written in batches (watch.loop.FLUSH_SECONDS)
 SAMPLE_SECONDS = 3.0
 AMI = "ami-0123456789abcdef0"
+WATCH_COMMAND = [sys.executable, "-m", "worker", "watch"]
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,7 @@ def watch_run(
 ) -> dict[str, Any]:  # fmt: skip
     interval = sizes.interval_seconds
     env = watch_env(db_url, config, cloud, interval)
-    process = started.start("watch", [sys.executable, "-m", "worker", "watch"], env)
+    process = started.start("watch", WATCH_COMMAND, env)
     warm = warm_up(db_url, process.pid, sizes, started)
     steady = steady_state(db_url, process.pid, interval * sizes.windows, interval, started)
     healthy = statuses(db_url)
@@ -211,19 +213,29 @@ def steady_state(
     db_url: str, pid: int, seconds: float, interval: float, started: Processes
 ) -> dict[str, Any]:
     cpu0, probes0, t0 = process_seconds(pid), total_probes(db_url), time.monotonic()
+    sim0 = own_cpu_seconds()
     most_overdue = 0
     while time.monotonic() - t0 < seconds:
         time.sleep(SAMPLE_SECONDS)
         started.check_alive()
         most_overdue = max(most_overdue, overdue(db_url, interval))
     cpu1, probes1, t1 = process_seconds(pid), total_probes(db_url), time.monotonic()
+    simulator = own_cpu_seconds() - sim0
     probes = probes1 - probes0
     if probes <= 0:
         raise BenchFailed(f"watch: no probes in {seconds:.0f} s\n{started.tails()}")
     return {"seconds": t1 - t0, "cpu_seconds": cpu1 - cpu0, "probes": probes,
             "cpu_ms_per_probe": (cpu1 - cpu0) * 1000 / probes,
             "probes_per_second": probes / (t1 - t0), "most_overdue": most_overdue,
-            "cpu_share_of_a_core": (cpu1 - cpu0) / (t1 - t0)}  # fmt: skip
+            "cpu_share_of_a_core": (cpu1 - cpu0) / (t1 - t0),
+            "simulator_cpu_ms_per_probe": simulator * 1000 / probes,
+            "simulator_share_of_a_core": simulator / (t1 - t0)}  # fmt: skip
+
+
+def own_cpu_seconds() -> float:
+    """This process's CPU: the simulator's hosts (its loop thread) and the harness."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def reference_run(
