@@ -76,8 +76,10 @@ class Watch:
             self.due_at.pop(gone)
             self.seen.pop(gone, None)
             self.chain.pop(gone, None)
-        await self.tools.hosts.keep_only(ids)
-        self.tools.tokens.keep_only(ids)
+        # A probe in flight (maybe still waiting for a slot) keeps its connection and key
+        # until it ends: the list it was started from may be older than this one.
+        await self.tools.hosts.keep_only(ids | self.in_flight)
+        self.tools.tokens.keep_only(ids | self.in_flight)
         self._export(now)
 
     def _start_due(self, now: float) -> None:
