@@ -13,8 +13,9 @@ Measurements (each module's docstring says exactly how):
   watch     one `fleet watch` on N live nodes: CPU per probe, probes/s, detection
             latency after a reboot vs fresh SSH per call (benchmarks.watch)
 
-Every size has a full and a --quick default (the quick run takes about 6 minutes on
-2 shared cores, the full one about 40); a size given on the command line wins over both."""
+Every size has a full and a --quick default (the quick run takes about 9 minutes on
+2 shared cores, the full one about 45, the watch alone 3 to 5 of them); a size given on
+the command line wins over both."""
 
 import argparse
 import shlex
