@@ -132,11 +132,28 @@ def where_it_went(details: dict[str, Any]) -> list[str]:
         plan = " > ".join(query["plan_nodes"])
         lines.append(f"due query: plan {plan} ({', '.join(query['indexes'])});"
                      f" server execution {server} ms (EXPLAIN ANALYZE)")  # fmt: skip
+    lines += _watch_lines(details.get("watch", {}))
     stays = details.get("makespan", {}).get("seconds_in_state")
     if stays:
         shown = ", ".join(f"{state} {s['p50']:g}/{s['max']:g}" for state, s in stays.items())
         lines.append(f"makespan, seconds in state (p50/max): {shown}")
     return lines
+
+
+def _watch_lines(watch: dict[str, Any]) -> list[str]:
+    """Where the watch run's CPU went: the watch, the simulator beside it, the reference."""
+    steady, reference = watch.get("steady"), watch.get("reference")
+    if not steady or not reference or "simulator_share_of_a_core" not in steady:
+        return []
+    statuses = ", ".join(f"{k} {v}" for k, v in sorted(watch["statuses_after_steady"].items()))
+    return [
+        f"watch steady state: watch {steady['cpu_share_of_a_core']:.2f} of a core"
+        f" ({steady['cpu_ms_per_probe']:.2f} ms/probe), simulator and harness"
+        f" {steady['simulator_share_of_a_core']:.2f} ({steady['simulator_cpu_ms_per_probe']:.2f}"
+        f" ms/probe); last statuses: {statuses}",
+        f"watch reference: {reference['probes']} probes, {reference['cpu_ms_per_probe']:.2f} ms"
+        f" CPU and {reference['wall_ms_per_probe']:.1f} ms wall each (2 SSH sessions per probe)",
+    ]
 
 
 def machine(bench: Bench) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 same run, then one table, the measured reasons behind it (CPU per step by part, time in
 each state) and a JSON record; with --markdown, the same text as Markdown for the README.
 
-    ./scripts/bench [--quick] [--only overhead latency makespan scale] [--out PATH]
+    ./scripts/bench [--quick] [--only overhead latency makespan scale watch] [--out PATH]
                     [--markdown PATH] [sizes]
 
 Measurements (each module's docstring says exactly how):
@@ -10,9 +10,12 @@ Measurements (each module's docstring says exactly how):
   latency   row change -> handler start, LISTEN vs sweep only (benchmarks.latency)
   makespan  nodes new -> live through the simulated cloud vs the floor (benchmarks.makespan)
   scale     due-work query on a large fleet; one worker's memory (benchmarks.scale)
+  watch     one `fleet watch` on N live nodes: CPU per probe, probes/s, detection
+            latency after a reboot vs fresh SSH per call (benchmarks.watch)
 
-Every size has a full and a --quick default (the quick run takes about 6 minutes on
-2 shared cores, the full one about 40); a size given on the command line wins over both."""
+Every size has a full and a --quick default (the quick run takes about 9 minutes on
+2 shared cores, the full one about 45, the watch alone 3 to 5 of them); a size given on
+the command line wins over both."""
 
 import argparse
 import shlex
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import latency, makespan, overhead, scale
+from benchmarks import latency, makespan, overhead, scale, watch
 from benchmarks.harness import Bench, bench_services
 from benchmarks.report import (
     Measurement,
@@ -60,9 +63,15 @@ SIZES: dict[str, Size] = {
     "due_share": Size(0.01, 0.01, "scale: share of the rows that is due"),
     "query_runs": Size(1000, 200, "scale: runs of the due-work query (and of the reference)"),
     "rss_steps": Size(10_000, 2_000, "scale: instant steps run by the measured worker"),
+    "watch_nodes": Size(2000, 500, "watch: live nodes under one `fleet watch`"),
+    "watch_interval": Size(30, 30, "watch: seconds between two probes of a node"),
+    "watch_windows": Size(2, 1, "watch: steady-state intervals measured"),
+    "watch_reboots": Size(50, 20, "watch: hosts rebooted (detection latency)"),
+    "watch_reference_probes": Size(100, 50, "watch: probes of the reference (fresh SSH)"),
 }
 INTEGER_SIZES = {"nodes", "workers", "rounds", "latency_rows", "makespan_nodes",
-                 "makespan_workers", "scale_rows", "query_runs", "rss_steps"}  # fmt: skip
+                 "makespan_workers", "scale_rows", "query_runs", "rss_steps", "watch_nodes",
+                 "watch_windows", "watch_reboots", "watch_reference_probes"}  # fmt: skip
 
 
 def _overhead(bench: Bench, s: dict[str, Any]) -> Measurement:
@@ -85,11 +94,18 @@ def _scale(bench: Bench, s: dict[str, Any]) -> Measurement:
     return scale.measure(bench, sizes)
 
 
+def _watch(bench: Bench, s: dict[str, Any]) -> Measurement:
+    sizes = watch.WatchSizes(s["watch_nodes"], s["watch_interval"], s["watch_windows"],
+                             s["watch_reboots"], s["watch_reference_probes"])  # fmt: skip
+    return watch.measure(bench, sizes)
+
+
 MEASUREMENTS: dict[str, Callable[[Bench, dict[str, Any]], Measurement]] = {
     "overhead": _overhead,
     "latency": _latency,
     "makespan": _makespan,
     "scale": _scale,
+    "watch": _watch,
 }
 
 

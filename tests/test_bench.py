@@ -1,7 +1,7 @@
 """The benchmarks' code paths still run: `benchmarks.run` with tiny sizes against the
 tests' Postgres and Redis. Nothing here is timed; the figures at these sizes mean
 nothing. The one figure-free fact checked is that the due-work query's plan reads the
-partial index."""
+partial index (and, for the watch, that every rebooted node was healed)."""
 
 import json
 import os
@@ -25,7 +25,9 @@ TINY = [
 ]  # fmt: skip
 
 
-def run_bench(services: Services, tmp_path: Path) -> tuple[dict[str, Any], str, str]:
+def run_bench(
+    services: Services, tmp_path: Path, sizes: list[str] = TINY
+) -> tuple[dict[str, Any], str, str]:
     out, markdown = tmp_path / "bench.json", tmp_path / "bench.md"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
     env |= {
@@ -33,7 +35,7 @@ def run_bench(services: Services, tmp_path: Path) -> tuple[dict[str, Any], str, 
         "FLEET_TEST_REDIS_URL": services.redis_url,
         "PYTHONPATH": str(REPO),
     }
-    command = [sys.executable, "-m", "benchmarks.run", *TINY, "--out", str(out),
+    command = [sys.executable, "-m", "benchmarks.run", *sizes, "--out", str(out),
                "--markdown", str(markdown)]  # fmt: skip
     done = subprocess.run(
         command,
@@ -76,3 +78,28 @@ def test_bench_runs_and_reports(services: Services, tmp_path: Path) -> None:
     assert "CPU ms per step" in shown
     assert shown in markdown
     assert "./scripts/bench --only overhead latency scale" in markdown
+
+
+WATCH_TINY = [
+    "--only", "watch", "--watch-nodes", "4", "--watch-interval", "1.5", "--watch-windows", "2",
+    "--watch-reboots", "2", "--watch-reference-probes", "2",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(BENCH_TIMEOUT_SECONDS + 20)
+def test_watch_bench_runs_and_reports(services: Services, tmp_path: Path) -> None:
+    record, markdown, printed = run_bench(services, tmp_path, WATCH_TINY)
+
+    names = [f["name"] for f in record["figures"]]
+    assert {f["measurement"] for f in record["figures"]} == {"watch"}
+    assert any(n.startswith("watch CPU per probe, 4 nodes") for n in names), names
+    assert any(n.startswith("watch detection p99, 2 reboots") for n in names), names
+    watch = record["details"]["watch"]
+    assert watch["steady"]["probes"] > 0 and watch["steady"]["cpu_ms_per_probe"] > 0
+    assert watch["reference"]["probes"] == 2 and watch["reference"]["cpu_ms_per_probe"] > 0
+    # Every rebooted node was found locked and healed: one latency each.
+    assert len(watch["detection"]["latency_seconds"]) == 2
+    assert watch["statuses_after_steady"] == {"ok": 4}
+    assert "fresh paramiko SSH per API call" in printed
+    assert "./scripts/bench --only watch" in markdown

@@ -4,6 +4,7 @@ most `watch_concurrency` probes in flight, so a slow host holds up nobody but it
 Results are written in batches; a heal or a hold is written at once, with its probe."""
 
 import asyncio
+import math
 import random
 import time
 from collections import Counter as Tally
@@ -28,6 +29,14 @@ FLUSH_SECONDS = 1.0
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def next_due(due: float, now: float, interval: float) -> float:
+    """The node's next probe: a whole number of intervals after this one, in the future.
+    A late node is probed once, not once per interval it missed, and keeps its offset
+    (after a stall, the fleet stays spread over the interval, not bunched at its end)."""
+    missed = math.floor((now - due) / interval) if now > due else 0
+    return due + (missed + 1) * interval
 
 
 class Watch:
@@ -88,14 +97,16 @@ class Watch:
             self.due_at.pop(gone)
             self.seen.pop(gone, None)
             self.chain.pop(gone, None)
-        await self.tools.hosts.keep_only(ids)
-        self.tools.tokens.keep_only(ids)
+        # A probe in flight (maybe still waiting for a slot) keeps its connection and key
+        # until it ends: the list it was started from may be older than this one.
+        await self.tools.hosts.keep_only(ids | self.in_flight)
+        self.tools.tokens.keep_only(ids | self.in_flight)
         self._export(now)
 
     def _start_due(self, now: float) -> None:
         for node_id, due in list(self.due_at.items()):
             if due <= now and node_id not in self.in_flight and node_id in self.nodes:
-                self.due_at[node_id] = max(due + self.settings.watch_interval_seconds, now)
+                self.due_at[node_id] = next_due(due, now, self.settings.watch_interval_seconds)
                 self.in_flight.add(node_id)
                 task = asyncio.create_task(self._probe_one(self.nodes[node_id]))
                 self._tasks.add(task)

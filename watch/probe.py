@@ -10,7 +10,15 @@ from datetime import datetime, timedelta
 from jobs.ec2 import Cloud
 from jobs.node_api import NETWORK_NAMES
 from watch.health import Observation
-from watch.hosts import ApiAnswer, ApiClosed, HostConnections, HostKeyChanged, KeyRefused, NoSession
+from watch.hosts import (
+    ApiAnswer,
+    ApiClosed,
+    ConnectionBroken,
+    HostConnections,
+    HostKeyChanged,
+    KeyRefused,
+    NoSession,
+)
 from watch.hosts import Target as HostTarget
 from watch.tokens import ProbeTokens
 
@@ -56,11 +64,17 @@ async def probe(
     target = HostTarget(node.address, node.ssh_host_key)
     try:
         async with asyncio.timeout(tools.timeout):
-            return await _through_ssh(node, target, chain, tools, now)
+            try:
+                return await _through_ssh(node, target, chain, tools, now)
+            except ConnectionBroken:
+                # The kept connection was dead (a reboot): once more, on a new one, so
+                # that this probe, not the next one an interval later, sees the host.
+                await tools.hosts.drop(node.id)
+                return await _through_ssh(node, target, chain, tools, now)
     except HostKeyChanged as exc:
         await tools.hosts.drop(node.id)
         return Observation("wrong_pubkey", str(exc))
-    except (NoSession, KeyRefused, TimeoutError) as exc:
+    except (NoSession, KeyRefused, ConnectionBroken, TimeoutError) as exc:
         await tools.hosts.drop(node.id)
         said = str(exc) or f"no answer within {tools.timeout:g} s"
         return await _from_ec2(node, tools, said)
