@@ -12,10 +12,10 @@ import pytest
 
 from jobs.ec2 import client_token
 from sim.host import SimHost
-from tests.conftest import add_nodes, fetch, held_with, wait_until
+from tests.conftest import fetch, held_with, wait_until
 from tests.simulation import Simulation
 from tests.test_lifecycle import assert_api_reached_only_through_the_tunnel, reach, request
-from tests.test_watch import health
+from tests.test_watch import health, live_node
 from worker.dispatcher import Dispatcher
 
 StartWorker = Callable[..., subprocess.Popen[bytes]]
@@ -23,13 +23,6 @@ Fleet = Callable[..., subprocess.CompletedProcess[str]]
 PEER = "03" + "77" * 32
 
 pytestmark = pytest.mark.slow
-
-
-def live_node(simulation: Simulation, db_url: str, start_worker: StartWorker, name: str) -> int:
-    [node_id] = add_nodes(db_url, [name])
-    start_worker(env=simulation.env)
-    reach(db_url, [node_id], "live")
-    return node_id
 
 
 def host_now(simulation: Simulation, db_url: str, node_id: int) -> SimHost:

@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Callable
 
 import psycopg
+import pytest
 
 from tests.conftest import add_nodes, fetch, wait_until
 from tests.simulation import RELEASE, Simulation, release_sha256
@@ -17,6 +18,8 @@ from worker.dispatcher import Dispatcher
 StartWorker = Callable[..., subprocess.Popen[bytes]]
 Fleet = Callable[..., subprocess.CompletedProcess[str]]
 DOWN = {"update", "stopped", "start", "wallet"}
+# Each makes a fleet live through the simulator first: tens of seconds apiece.
+pytestmark = pytest.mark.slow
 
 
 def most_down_at_once(db_url: str, node_ids: list[int]) -> int:

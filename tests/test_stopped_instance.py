@@ -2,7 +2,7 @@
 instance step, and the node comes back on the same host: the root volume survives a stop,
 so the disk, the wallet and the SSH host key are the ones the fleet pinned; only the
 address may change. The edge from live back to instance is the health watch's: here the
-schema owner puts the row there, as the watch will."""
+schema owner puts the row there; tests/test_watch.py has the watch take it."""
 
 from tests.conftest import add_nodes, fetch, wait_until
 from tests.simulation import Simulation

@@ -15,6 +15,8 @@ from tests.test_lifecycle import reach
 from worker.dispatcher import Dispatcher
 
 StartWorker = Callable[..., subprocess.Popen[bytes]]
+# Each makes a fleet live through the simulator first: tens of seconds apiece.
+pytestmark = pytest.mark.slow
 
 
 def live_node(simulation: Simulation, db_url: str, start_worker: StartWorker, name: str) -> int:
