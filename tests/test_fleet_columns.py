@@ -85,7 +85,9 @@ def test_a_claim_the_database_refuses_is_held_after_the_attempt_limit(
     with psycopg.connect(db_url, autocommit=True) as owner:
         # Only the schema owner can do this: a row whose claim overflows.
         owner.execute("UPDATE nodes SET step_run = %s WHERE id = %s", (BIGINT_MAX, node_id))
-    runtime = start_runtime(config)
+    # The claim fails before any handler: the fleet's own steps, which other tests'
+    # imports may have registered in this process already (tests/steps.py would clash).
+    runtime = start_runtime(config.model_copy(update={"step_modules": "jobs.steps"}))
     results = []
     for _ in range(config.max_attempts):
         results.append(runtime.run(node_id, "instance", BIGINT_MAX))

@@ -93,6 +93,9 @@ class FakeContext:
     def release(self, version: str) -> Release | None:
         return self.releases.get(version)
 
+    def replacement(self) -> None:
+        return None  # no host replacement under way
+
     def wallet_reinit(self, version: str) -> WalletReinit | None:
         return self.requests.get(version)
 
