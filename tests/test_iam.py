@@ -177,6 +177,7 @@ def test_the_lifecycle_needs_nothing_beyond_the_policies(
         )  # stop's, with the host's keys (destroy found it stopped)
 
 
+@pytest.mark.slow
 def test_the_watch_needs_nothing_beyond_its_policy(
     aws: EnforcingMotoServer,
     config: FleetSettings,

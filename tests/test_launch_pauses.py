@@ -50,6 +50,7 @@ def refused(calls: list[LaunchCall]) -> list[LaunchCall]:
     return [c for c in calls if c.outcome == "refused"]
 
 
+@pytest.mark.slow
 def test_no_capacity_in_one_subnet_launches_in_the_next_at_once(
     simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
 ) -> None:
@@ -101,6 +102,7 @@ def test_no_capacity_anywhere_pauses_longer_each_round_and_is_never_held(
     assert len(simulation.instances_of(node_id)) == 1
 
 
+@pytest.mark.slow
 def test_a_node_paused_for_capacity_is_destroyed_without_waiting_for_its_launch(
     simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
 ) -> None:

@@ -4,6 +4,8 @@ so the disk, the wallet and the SSH host key are the ones the fleet pinned; only
 address may change. The edge from live back to instance is the health watch's: here the
 schema owner puts the row there; tests/test_watch.py has the watch take it."""
 
+import pytest
+
 from tests.conftest import add_nodes, fetch, wait_until
 from tests.simulation import Simulation
 from tests.test_ec2_errors import instance_of, place
@@ -18,6 +20,7 @@ def state_of(simulation: Simulation, instance_id: str) -> str:
     return str(reservation["Instances"][0]["State"]["Name"])
 
 
+@pytest.mark.slow
 def test_a_stopped_instance_is_started_and_the_node_comes_back(
     simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
 ) -> None:

@@ -97,6 +97,7 @@ def assert_reinitialised(simulation: Simulation, db_url: str, node_id: int, old:
     assert done and by.startswith("fleet_t")  # the session's operator login
 
 
+@pytest.mark.slow
 def test_an_update_across_a_break_holds_before_anything_and_goes_on_when_asked(
     simulation: Simulation,
     db_url: str,
@@ -135,6 +136,7 @@ def test_an_update_across_a_break_holds_before_anything_and_goes_on_when_asked(
     assert_reinitialised(simulation, db_url, node_id, first_key)
 
 
+@pytest.mark.slow
 def test_corrupted_mnemonic_without_a_request_holds_with_the_cause_and_the_way_out(
     simulation: Simulation,
     db_url: str,
