@@ -16,7 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import Engine, Row
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from jobs.ec2 import Ec2Cloud, UnknownRegion
 from models.identity import fleet_id
@@ -43,6 +43,8 @@ MIN_SWEEP_GAP_SECONDS = 0.02
 LEASE_CHECK_SECONDS = 1.0
 # Rollouts move on a step per node at most every few seconds: a turn a second is plenty.
 ROLLOUT_TURN_SECONDS = 1.0
+# A login without the rollout grant (42501), or not the dispatcher's role (FL030).
+ROLLOUTS_REFUSED = frozenset({"42501", "FL030"})
 
 
 @dataclass(frozen=True)
@@ -122,8 +124,11 @@ class Dispatcher:
         try:
             with self.engine.begin() as connection:
                 moved = connection.execute(query("advance_rollouts")).scalar_one()
-        except ProgrammingError as exc:
-            # A rollout that cannot move (a bug, a missing grant) must not stop dispatching.
+        except DBAPIError as exc:
+            # A login that may not drive rollouts (no grant, not the dispatcher's role) must
+            # not stop dispatching; anything else (a lost connection) is the loop's to handle.
+            if getattr(exc.orig, "sqlstate", None) not in ROLLOUTS_REFUSED:
+                raise
             log.error("rollouts did not move", error=str(exc.orig).splitlines()[0])
             return
         if moved:
