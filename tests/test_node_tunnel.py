@@ -16,7 +16,7 @@ import asyncssh
 import pytest
 
 from jobs.config import ChainBackend, StepSettings
-from jobs.host import FabricAgent, pinned_connection
+from jobs.host import FabricAgent, HostConnections, HostUnreachable, pinned_connection
 from jobs.node_api import Direct, NodeApi, NodeUnreachable, Route
 from jobs.node_auth import RootKey, new_root_key, route_token
 from jobs.outcomes import HoldNode
@@ -73,9 +73,15 @@ class Node:
     def traffic(self) -> ApiTraffic:
         return self.host.traffic
 
-    def api(self, route: Route | None = None, timeout: float = 5, unlock: float = 10) -> NodeApi:
+    def api(
+        self,
+        route: Route | None = None,
+        timeout: float = 5,
+        unlock: float = 10,
+        connections: HostConnections | None = None,
+    ) -> NodeApi:
         return NodeApi(
-            route or SshTunnel(self.settings, self.host.address, self.pin),
+            route or SshTunnel(self.settings, self.host.address, self.pin, connections),
             token=lambda path: route_token(self.key.private_hex, path),
             timeout=timeout,
             unlock_timeout=unlock,
@@ -167,6 +173,111 @@ def test_a_changed_host_key_holds_the_node_before_the_daemon_hears_anything(
         FabricAgent(node.settings).run(node.host.address, node.pin, "status")
     assert str(agent_held.value) == str(held.value)
     assert node.host.commands == commands
+
+
+def test_a_jobs_agent_commands_and_api_calls_share_one_ssh_connection(node: Node) -> None:
+    before = node.host.ssh_handshakes
+    with HostConnections(node.settings) as connections:
+        agent = FabricAgent(node.settings, connections)
+        assert agent.run(node.host.address, node.pin, "status").ok
+        api = node.api(connections=connections)
+        api.init(PASSWORD, MNEMONIC)
+        api.unlock(PASSWORD, CHAIN)
+        api.network_info()
+        api.node_info()
+        assert agent.run(node.host.address, node.pin, "status").ok
+        assert node.host.ssh_handshakes - before == 1
+        assert node.loop.run(_open_connections(node)) == 1
+    # Nothing outlives the job: the host sees the connection closed.
+    wait_for(lambda: node.loop.run(_open_connections(node)) == 0)
+    assert node.traffic.tunnelled == 4 and node.traffic.direct == 0
+    # Without a job's connections, a session per call as before.
+    FabricAgent(node.settings).run(node.host.address, node.pin, "status")
+    node.api().node_info()
+    assert node.host.ssh_handshakes - before == 3
+
+
+def test_a_first_contacts_connection_serves_the_pin_it_showed_and_no_other(node: Node) -> None:
+    before = node.host.ssh_handshakes
+    with HostConnections(node.settings) as connections:
+        agent = FabricAgent(node.settings, connections)
+        shown = agent.run(node.host.address, None, "status").host_key  # the key step
+        assert shown == node.pin
+        agent.run(node.host.address, shown, "status")  # a later step, pinned
+        assert node.host.ssh_handshakes - before == 1
+        other = public_key_text(asyncssh.generate_private_key("ssh-ed25519"))
+        commands = list(node.host.commands)
+        with pytest.raises(HoldNode, match="changed since it was pinned"):
+            agent.run(node.host.address, other, "status")
+        assert node.host.commands == commands  # opened again, checked, nothing sent
+
+
+def test_a_connection_broken_mid_chain_is_opened_again_once_with_the_key_checked(
+    node: Node,
+) -> None:
+    before = node.host.ssh_handshakes
+    with HostConnections(node.settings) as connections:
+        agent = FabricAgent(node.settings, connections)
+        api = node.api(connections=connections)
+        agent.run(node.host.address, node.pin, "status")
+        node.loop.run(node.host.drop_ssh_connections())
+        assert agent.run(node.host.address, node.pin, "status").ok
+        assert node.host.ssh_handshakes - before == 2
+        node.loop.run(node.host.drop_ssh_connections())
+        api.init(PASSWORD, MNEMONIC)
+        assert node.host.ssh_handshakes - before == 3
+        assert node.traffic.tunnelled == 1
+        # Broken again, and the host shows another key now: the reopening checks it.
+        node.loop.run(node.host.drop_ssh_connections())
+        node.loop.run(node.host.change_host_key())
+        with pytest.raises(HoldNode, match="changed since it was pinned"):
+            api.unlock(PASSWORD, CHAIN)
+        with pytest.raises(HoldNode, match="changed since it was pinned"):
+            agent.run(node.host.address, node.pin, "status")
+    assert node.traffic.tunnelled == 1 and node.host.disk.unlock_calls == 0
+
+
+def test_a_break_noticed_only_under_the_work_is_retried_once_on_a_new_connection(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """paramiko has not seen the break yet when the command or channel goes out: the
+    work fails on the old connection, and is retried once on a newly opened one."""
+    monkeypatch.setattr("jobs.host._alive", lambda connection: True)
+    before = node.host.ssh_handshakes
+    with HostConnections(node.settings) as connections:
+        agent = FabricAgent(node.settings, connections)
+        agent.run(node.host.address, node.pin, "status")
+        node.loop.run(node.host.drop_ssh_connections())
+        wait_for(lambda: node.loop.run(_open_connections(node)) == 0)
+        assert agent.run(node.host.address, node.pin, "status").ok
+        node.loop.run(node.host.drop_ssh_connections())
+        wait_for(lambda: node.loop.run(_open_connections(node)) == 0)
+        node.api(connections=connections).init(PASSWORD, MNEMONIC)
+    assert node.host.ssh_handshakes - before == 3
+    assert node.traffic.tunnelled == 1
+
+
+def test_a_host_that_stays_down_is_unreachable_after_one_reopening(node: Node) -> None:
+    with HostConnections(node.settings) as connections:
+        agent = FabricAgent(node.settings, connections)
+        agent.run(node.host.address, node.pin, "status")
+        node.loop.run(node.host.power_off())
+        with pytest.raises(HostUnreachable, match="no SSH session with"):
+            agent.run(node.host.address, node.pin, "status")
+        with pytest.raises(NodeUnreachable, match=r"^/nodeinfo: no SSH session with"):
+            node.api(connections=connections).node_info()
+
+
+async def _open_connections(node: Node) -> int:
+    ssh = node.host._ssh  # the simulator's own sshd, counted from inside
+    return 0 if ssh is None else len(ssh.connections)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
 
 
 def snapshot(address: str | None, ssh_host_key: str | None) -> NodeSnapshot:

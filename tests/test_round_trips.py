@@ -51,7 +51,9 @@ def test_a_node_opens_one_ssh_connection_per_step_chain_from_boot_to_live(
 ) -> None:
     node_ids = add_nodes(db_url, ["trips-1", "trips-2"])
     log = tmp_path / "worker.log"
-    worker = start_worker(env=simulation.env | {"FLEET_LOG_FORMAT": "json", "FLEET_LOG_LEVEL": "INFO"}, log=log)
+    worker = start_worker(
+        env=simulation.env | {"FLEET_LOG_FORMAT": "json", "FLEET_LOG_LEVEL": "INFO"}, log=log
+    )
     reach(db_url, node_ids, "live")
     worker.terminate()  # its last lines written
     worker.wait(timeout=30)

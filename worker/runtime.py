@@ -242,13 +242,17 @@ class Runtime:
             )
             return "skipped"
         result: RunResult = "skipped"
-        with LeaseKeeper(self.engine, step.id, self.worker, self.config.lease_seconds) as keeper:
+        # The chain's steps share one SSH connection per host, closed with the job.
+        with (
+            LeaseKeeper(self.engine, step.id, self.worker, self.config.lease_seconds) as keeper,
+            self.tools.for_job() as tools,
+        ):
             while step is not None:
-                result, step = self._run_one(step, keeper)
+                result, step = self._run_one(step, keeper, tools)
         return result
 
     def _run_one(
-        self, node: NodeSnapshot, keeper: LeaseKeeper
+        self, node: NodeSnapshot, keeper: LeaseKeeper, tools: Toolbox
     ) -> tuple[RunResult, NodeSnapshot | None]:
         """One step: the handler, then its outcome settled. Returns the next step when
         the settle chained to it."""
@@ -257,7 +261,7 @@ class Runtime:
         bound.debug("step started")
         started = time.perf_counter()
         try:
-            context = RunningStep(node, self.engine, self.worker, keeper, self.config, self.tools)
+            context = RunningStep(node, self.engine, self.worker, keeper, self.config, tools)
             outcome = self._call_handler(context)
         except BaseException:
             # Cold shutdown (SIGTERM twice, SIGINT): hand the step back right away
