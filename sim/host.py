@@ -150,6 +150,11 @@ class SimHost:
         now = 0 if self._ssh is None else self._ssh.handshakes
         return self._handshakes_before_boot + now
 
+    @property
+    def open_ssh_connections(self) -> int:
+        """SSH connections open to this host now."""
+        return 0 if self._ssh is None else len(self._ssh.connections)
+
     async def drop_ssh_connections(self) -> None:
         """Fault knob: the open SSH connections break; the host keeps serving new ones."""
         if self._ssh is not None:

@@ -16,12 +16,12 @@ import asyncssh
 import pytest
 
 from jobs.config import ChainBackend, StepSettings
-from jobs.host import FabricAgent, HostConnections, HostUnreachable, pinned_connection
+from jobs.host import FabricAgent, HostConnections, HostUnreachable
 from jobs.node_api import Direct, NodeApi, NodeUnreachable, Route
 from jobs.node_auth import RootKey, new_root_key, route_token
 from jobs.outcomes import HoldNode
 from jobs.registry import NodeSnapshot
-from jobs.tunnel import ChannelStream, SshTunnel, node_route, open_api_channel
+from jobs.tunnel import SshTunnel, node_route
 from models.secrets import Secret
 from sim.host import HostPorts, SimHost
 from sim.rln_daemon import ApiTraffic, ChainWorld, SimBitcoind
@@ -344,49 +344,49 @@ def test_read_timeouts_hold_and_unlock_gets_its_longer_one(node: Node) -> None:
 
 
 def test_cost_per_call(node: Node) -> None:
-    """What one read call costs: a fresh SSH session per call (what the fleet does),
-    against a channel on an SSH session kept open, and plain HTTP (direct mode)."""
+    """What one read call and one agent command cost: with an SSH session of their own
+    each (no job's connections), on the job's one connection (what a step chain does),
+    and a read call as plain HTTP (direct mode). Wall time, and the CPU time of this
+    process: the fleet's side (paramiko's threads too) and the simulated host's both."""
     node.api().init(PASSWORD, MNEMONIC)
     node.api().unlock(PASSWORD, CHAIN)
     rounds = 20
 
-    def per_call(make: Callable[[], NodeApi]) -> float:
-        timings = []
+    def per_call(call: Callable[[], object]) -> tuple[float, float]:
+        walls, cpus = [], []
         for _ in range(rounds):
-            began = time.perf_counter()
-            make().node_info()
-            timings.append(time.perf_counter() - began)
-        return statistics.median(timings)
+            began, began_cpu = time.perf_counter(), time.process_time()
+            call()
+            walls.append(time.perf_counter() - began)
+            cpus.append(time.process_time() - began_cpu)
+        return statistics.median(walls), statistics.median(cpus)
 
-    connection = pinned_connection(node.settings, node.host.address, node.pin)
-
-    class KeptSession:
-        origin = SshTunnel(node.settings, node.host.address, node.pin).origin
-
-        def connect(self, timeout: float) -> ChannelStream:
-            return _ChannelOnly(connection, open_api_channel(connection, 3001, timeout))
-
-    try:
+    address, pin = node.host.address, node.pin
+    with HostConnections(node.settings) as job:
+        node.api(connections=job).node_info()  # the job's connection is open
+        FabricAgent(node.settings, job).run(address, pin, "status")
         figures = {
-            "SSH session per call": per_call(node.api),
-            "channel on a kept SSH session": per_call(lambda: node.api(KeptSession())),
-            "direct HTTP": per_call(lambda: node.api(node.direct())),
+            "/nodeinfo, SSH session per call": per_call(lambda: node.api().node_info()),
+            "/nodeinfo, channel on the job's connection": per_call(
+                lambda: node.api(connections=job).node_info()
+            ),
+            "/nodeinfo, direct HTTP": per_call(lambda: node.api(node.direct()).node_info()),
+            "status, SSH session per command": per_call(
+                lambda: FabricAgent(node.settings).run(address, pin, "status")
+            ),
+            "status, on the job's connection": per_call(
+                lambda: FabricAgent(node.settings, job).run(address, pin, "status")
+            ),
         }
-    finally:
-        connection.close()
     print(
-        f"\n/nodeinfo, median of {rounds}: "
-        + ", ".join(f"{name} {seconds * 1000:.1f} ms" for name, seconds in figures.items())
+        f"\nmedian of {rounds} (wall / CPU, both ends): "
+        + ", ".join(
+            f"{name} {wall * 1000:.1f} / {cpu * 1000:.1f} ms"
+            for name, (wall, cpu) in figures.items()
+        )
     )
-    assert node.traffic.tunnelled == 2 + 2 * rounds and node.traffic.direct == rounds
-    assert figures["SSH session per call"] < 1.0
-
-
-class _ChannelOnly(ChannelStream):
-    """Closes its channel, not the SSH session under it (the kept-session figure)."""
-
-    def close(self) -> None:
-        self._channel.close()
+    assert node.traffic.tunnelled == 3 + 2 * rounds and node.traffic.direct == rounds
+    assert figures["/nodeinfo, SSH session per call"][0] < 1.0
 
 
 def test_lifecycle_in_direct_mode_sends_its_secrets_in_clear(

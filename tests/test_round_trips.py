@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import add_nodes
+from tests.conftest import add_nodes, wait_until
 from tests.simulation import Simulation
 from tests.test_lifecycle import StartWorker, reach
 from worker.dispatcher import Dispatcher
@@ -55,6 +55,12 @@ def test_a_node_opens_one_ssh_connection_per_step_chain_from_boot_to_live(
         env=simulation.env | {"FLEET_LOG_FORMAT": "json", "FLEET_LOG_LEVEL": "INFO"}, log=log
     )
     reach(db_url, node_ids, "live")
+    # No job's connection outlives it: the worker, still running, holds none open.
+    wait_until(
+        lambda: all(simulation.host(n).open_ssh_connections == 0 for n in node_ids),
+        10,
+        "the jobs' SSH connections closed",
+    )
     worker.terminate()  # its last lines written
     worker.wait(timeout=30)
     costs = {}
