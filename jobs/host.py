@@ -1,7 +1,8 @@
 """The host over SSH (fabric): the host agent's commands, and the connection the node
-API's tunnel (jobs/tunnel.py) rides on. The host's SSH key is pinned on first contact
-and checked on every later one: a different key holds the node (a man in the middle, or
-a replaced host), it is never accepted silently."""
+API's tunnel (jobs/tunnel.py) rides on, one per host for a whole job (HostConnections).
+The host's SSH key is pinned on first contact and checked on every connection opened
+later: a different key holds the node (a man in the middle, or a replaced host), it is
+never accepted silently."""
 
 import base64
 import os
