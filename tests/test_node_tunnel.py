@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncssh
 import pytest
@@ -21,6 +21,7 @@ from jobs.node_api import Direct, NodeApi, NodeUnreachable, Route
 from jobs.node_auth import RootKey, new_root_key, route_token
 from jobs.outcomes import HoldNode
 from jobs.registry import NodeSnapshot
+from jobs.toolbox import Toolbox
 from jobs.tunnel import SshTunnel, node_route
 from models.secrets import Secret
 from sim.host import HostPorts, SimHost
@@ -195,6 +196,19 @@ def test_a_jobs_agent_commands_and_api_calls_share_one_ssh_connection(node: Node
     FabricAgent(node.settings).run(node.host.address, node.pin, "status")
     node.api().node_info()
     assert node.host.ssh_handshakes - before == 3
+
+
+def test_a_jobs_toolbox_closes_its_connections_however_the_job_ends(node: Node) -> None:
+    tools = Toolbox(node.settings, "fleet", cast(Any, None), FabricAgent(node.settings),
+                    cast(Any, None))  # fmt: skip
+    before = node.host.ssh_handshakes
+    with pytest.raises(KeyboardInterrupt), tools.for_job() as job:
+        assert job.agent.run(node.host.address, node.pin, "status").ok
+        node.api(connections=job.hosts).init(PASSWORD, MNEMONIC)
+        assert node.host.ssh_handshakes - before == 1
+        raise KeyboardInterrupt  # a cold shutdown mid-chain
+    wait_for(lambda: node.loop.run(_open_connections(node)) == 0)
+    assert tools.hosts is None  # the worker's own toolbox holds no connection
 
 
 def test_a_first_contacts_connection_serves_the_pin_it_showed_and_no_other(node: Node) -> None:
