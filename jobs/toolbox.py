@@ -1,9 +1,7 @@
 """The clients the steps use, built once per worker process from its settings and handed
 to every step through its context (StepContext.tools): one configuration in force. Each
-job gets its own copy (`for_job`) holding the job's SSH connections to its host."""
+job gets its own copy (`for_job`) sharing the job's SSH connections to its host."""
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from jobs.backups import BackupStore, S3Backups
@@ -28,12 +26,10 @@ class Toolbox:
         cloud, agent = Ec2Cloud(settings, fleet_id), FabricAgent(settings)
         return cls(settings, fleet_id, cloud, agent, S3Backups(settings))
 
-    @contextmanager
-    def for_job(self) -> Iterator["Toolbox"]:
+    def for_job(self, hosts: HostConnections) -> "Toolbox":
         """This toolbox for one job: the host agent and the node API's tunnel share the
-        job's SSH connections, all closed when the job ends however it ends."""
-        with HostConnections(self.settings) as hosts:
-            agent = self.agent
-            if isinstance(agent, FabricAgent):
-                agent = FabricAgent(agent.settings, hosts)
-            yield replace(self, agent=agent, hosts=hosts)
+        job's SSH connections (which the job closes when it ends, however it ends)."""
+        agent = self.agent
+        if isinstance(agent, FabricAgent):
+            agent = FabricAgent(agent.settings, hosts)
+        return replace(self, agent=agent, hosts=hosts)

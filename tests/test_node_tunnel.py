@@ -202,7 +202,8 @@ def test_a_jobs_toolbox_closes_its_connections_however_the_job_ends(node: Node) 
     tools = Toolbox(node.settings, "fleet", cast(Any, None), FabricAgent(node.settings),
                     cast(Any, None))  # fmt: skip
     before = node.host.ssh_handshakes
-    with pytest.raises(KeyboardInterrupt), tools.for_job() as job:
+    with pytest.raises(KeyboardInterrupt), HostConnections(node.settings) as hosts:
+        job = tools.for_job(hosts)
         assert job.agent.run(node.host.address, node.pin, "status").ok
         node.api(connections=job.hosts).init(PASSWORD, MNEMONIC)
         assert node.host.ssh_handshakes - before == 1

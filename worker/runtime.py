@@ -14,6 +14,7 @@ import structlog
 from sqlalchemy import Connection, Engine, Row, func, update
 from sqlalchemy.exc import DBAPIError
 
+from jobs.host import HostConnections
 from jobs.outcomes import Done, Fail, HoldNode, Outcome, Wait
 from jobs.registry import (
     Launch,
@@ -245,14 +246,14 @@ class Runtime:
         # The chain's steps share one SSH connection per host, closed with the job.
         with (
             LeaseKeeper(self.engine, step.id, self.worker, self.config.lease_seconds) as keeper,
-            self.tools.for_job() as tools,
+            HostConnections(self.config) as hosts,
         ):
             while step is not None:
-                result, step = self._run_one(step, keeper, tools)
+                result, step = self._run_one(step, keeper, hosts)
         return result
 
     def _run_one(
-        self, node: NodeSnapshot, keeper: LeaseKeeper, tools: Toolbox
+        self, node: NodeSnapshot, keeper: LeaseKeeper, hosts: HostConnections
     ) -> tuple[RunResult, NodeSnapshot | None]:
         """One step: the handler, then its outcome settled. Returns the next step when
         the settle chained to it."""
@@ -261,6 +262,7 @@ class Runtime:
         bound.debug("step started")
         started = time.perf_counter()
         try:
+            tools = self.tools.for_job(hosts)
             context = RunningStep(node, self.engine, self.worker, keeper, self.config, tools)
             outcome = self._call_handler(context)
         except BaseException:
