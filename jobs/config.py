@@ -108,6 +108,17 @@ class StepSettings(BaseSettings):
     # Fleet-wide EC2 launches per second, and how many may go at once after a quiet spell.
     launch_rate: float = Field(default=2.0, gt=0)
     launch_burst: float = Field(default=5.0, ge=1)
+    # Batched launches (jobs/steps/batching.py): one RunInstances for up to this many
+    # nodes waiting to launch in one region with one instance type. 1: one launch per
+    # node, paced by the fleet-wide budget above (the behaviour before batches).
+    launch_batch_max: int = Field(default=1, ge=1, le=1000)
+    # With batches, launches are paced per region by EC2's own RunInstances buckets
+    # instead: one request token a call, one resource token an instance (AWS documents
+    # capacity 1000 and refill 2 per second for both; an account may have other figures).
+    ec2_request_rate: float = Field(default=2.0, gt=0)
+    ec2_request_burst: float = Field(default=1000.0, ge=1)
+    ec2_resource_rate: float = Field(default=2.0, gt=0)
+    ec2_resource_burst: float = Field(default=1000.0, ge=1)
     ec2_max_retries: int = Field(default=8, ge=1)
     # Per attempt. botocore's default (60 s) would park a worker behind one lost request
     # for a minute; a step that times out is simply retried.

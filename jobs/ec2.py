@@ -19,7 +19,7 @@ from prometheus_client import Counter
 
 from jobs.config import RegionConfig, StepSettings
 from jobs.ec2_errors import classify
-from jobs.registry import NodeSnapshot
+from jobs.registry import Launch, LaunchBatch, NodeSnapshot
 from jobs.user_data import compressed_user_data
 
 NODE_ID_TAG = "rln-fleet:node-id"
@@ -43,6 +43,9 @@ class Instance:
     tags: dict[str, str]
     # The RunInstances token that made it (which launch generation), if EC2 says.
     client_token: str | None = None
+    # Its place in its RunInstances' reservation (EC2's AmiLaunchIndex): in a batch, which
+    # node it was launched for (LaunchBatch.node_ids[launch_index]).
+    launch_index: int = 0
 
     def address(self, settings: StepSettings) -> str | None:
         match settings.address_kind():
@@ -82,22 +85,58 @@ def launch_request(
     policy can require them); the instance metadata service answers only IMDSv2 session
     requests, one hop, so a process on the host that is tricked into fetching a URL
     cannot read the instance role's credentials."""
-    tags = [
-        {"Key": k, "Value": v}
-        for k, v in {
-            "Name": node.name,
-            NODE_ID_TAG: str(node.id),
-            NODE_NAME_TAG: node.name,
-            FLEET_ID_TAG: fleet_id,
-            FLEET_TAG: fleet_tag,
-        }.items()
-    ]
+    tags = _tags(
+        {"Name": node.name, **node_tags(node.id, node.name), **fleet_tags(fleet_id, fleet_tag)}
+    )
+    token = client_token(fleet_id, node.id, node.launch_generation, subnet_slot)
+    return _request(region, node.instance_type, subnet_slot, token, 1, tags)
+
+
+def batch_request(
+    batch: LaunchBatch, region: RegionConfig, fleet_id: str, fleet_tag: str
+) -> dict[str, Any]:
+    """RunInstances' parameters for a batch: MaxCount its nodes, MinCount 1 (EC2 may launch
+    fewer: the rest go in a later batch). Only the fleet's tags go in TagSpecifications
+    (the same for every node, as the one request must be); each instance gets its node's
+    tags by CreateTags, matched by AmiLaunchIndex (Ec2Cloud.tag_batch). The same on every
+    run of the batch: its ClientToken promises EC2 an identical request."""
+    tags = _tags(fleet_tags(fleet_id, fleet_tag))
+    return _request(
+        region,
+        batch.instance_type,
+        batch.subnet_slot,
+        batch.client_token,
+        len(batch.node_ids),
+        tags,
+    )
+
+
+def node_tags(node_id: int, name: str) -> dict[str, str]:
+    return {NODE_ID_TAG: str(node_id), NODE_NAME_TAG: name}
+
+
+def fleet_tags(fleet_id: str, fleet_tag: str) -> dict[str, str]:
+    return {FLEET_ID_TAG: fleet_id, FLEET_TAG: fleet_tag}
+
+
+def _tags(tags: dict[str, str]) -> list[dict[str, str]]:
+    return [{"Key": k, "Value": v} for k, v in tags.items()]
+
+
+def _request(
+    region: RegionConfig,
+    instance_type: str,
+    subnet_slot: int,
+    token: str,
+    count: int,
+    tags: list[dict[str, str]],
+) -> dict[str, Any]:
     request: dict[str, Any] = {
         "ImageId": region.ami,
-        "InstanceType": node.instance_type,
+        "InstanceType": instance_type,
         "MinCount": 1,
-        "MaxCount": 1,
-        "ClientToken": client_token(fleet_id, node.id, node.launch_generation, subnet_slot),
+        "MaxCount": count,
+        "ClientToken": token,
         "TagSpecifications": [
             {"ResourceType": kind, "Tags": tags} for kind in ("instance", "volume")
         ],
@@ -116,7 +155,8 @@ def launch_request(
     if region.iam_instance_profile:
         request["IamInstanceProfile"] = {"Name": region.iam_instance_profile}
     if region.user_data:
-        # boto3 base64-encodes UserData itself; the gzip is ours (EC2's 16 KB limit).
+        # boto3 base64-encodes UserData itself; the gzip is ours (EC2's 16 KB limit). It is
+        # the region's file, the same for every node: a batch can carry it.
         request["UserData"] = compressed_user_data(region.user_data)
     if region.root_volume:
         ebs = {
@@ -129,6 +169,24 @@ def launch_request(
     return request
 
 
+def made_by(cloud: "Cloud", fleet_id: str, node_id: int, launch: Launch) -> list[Instance]:
+    """What a recorded launch made for the node, found by the token EC2 got: its own, or
+    its batch's (then the instance at the node's launch index, which may not carry the
+    node's tags yet: its launcher may have died before CreateTags)."""
+    if launch.batch_token is None:
+        found = cloud.find_launch(launch.region, launch.client_token)
+        return [i for i in found if i.belongs_to(fleet_id, node_id)]
+    if launch.unfulfilled:
+        return []
+    return [
+        i
+        for i in cloud.find_launch(launch.region, launch.batch_token)
+        if i.launch_index == launch.launch_index
+        and i.fleet_id() == fleet_id
+        and i.node_id() in (None, node_id)
+    ]
+
+
 class Cloud(Protocol):
     def find_instances(self, region: str, node_id: int) -> list[Instance]: ...
 
@@ -139,6 +197,12 @@ class Cloud(Protocol):
     def subnets(self, region: str) -> list[str | None]: ...
 
     def launch(self, node: NodeSnapshot, subnet_slot: int = 0) -> Instance: ...
+
+    def launch_batch(self, batch: LaunchBatch) -> list[Instance]: ...
+
+    def tag_batch(self, batch: LaunchBatch, instances: list[Instance]) -> None: ...
+
+    def terminate_many(self, region: str, instance_ids: list[str]) -> None: ...
 
     def describe(self, region: str, instance_id: str) -> Instance | None: ...
 
@@ -188,6 +252,46 @@ class Ec2Cloud:
         LAUNCHES.inc()
         LAUNCH_RETRIES.inc(answer.get("ResponseMetadata", {}).get("RetryAttempts", 0))
         return _instance(answer["Instances"][0])
+
+    def launch_batch(self, batch: LaunchBatch) -> list[Instance]:
+        """One RunInstances for the batch: the instances EC2 launched, in launch index
+        order (it may launch fewer than the batch's nodes). A repeat with the batch's
+        token answers the same reservation and launches nothing."""
+        region = self._region(batch.region)
+        request = batch_request(batch, region, self.fleet_id, self.settings.fleet_tag)
+        answer = self._client(batch.region).run_instances(**request)
+        instances = sorted((_instance(raw) for raw in answer["Instances"]),
+                           key=lambda i: i.launch_index)  # fmt: skip
+        LAUNCHES.inc(len(instances))
+        LAUNCH_RETRIES.inc(answer.get("ResponseMetadata", {}).get("RetryAttempts", 0))
+        return instances
+
+    def tag_batch(self, batch: LaunchBatch, instances: list[Instance]) -> None:
+        """Each instance gets its node's tags (matched by launch index): one CreateTags per
+        instance (the tags differ), skipped when the instance has them already."""
+        client = self._client(batch.region)
+        for instance in instances:
+            if instance.launch_index >= len(batch.node_ids):
+                continue  # not one EC2 should have made: left to reconcile
+            node_id = batch.node_ids[instance.launch_index]
+            if instance.node_id() == node_id:
+                continue
+            name = batch.node_names[instance.launch_index]
+            tags = _tags({"Name": name, **node_tags(node_id, name)})
+            client.create_tags(Resources=[instance.id], Tags=tags)
+
+    def terminate_many(self, region: str, instance_ids: list[str]) -> None:
+        """One TerminateInstances for several instances; one EC2 forgot (NotFound fails the
+        whole call) sends the rest one at a time. Terminating twice is harmless."""
+        if not instance_ids:
+            return
+        try:
+            self._client(region).terminate_instances(InstanceIds=instance_ids)
+        except ClientError as exc:
+            if (error := classify(exc)) is None or error.kind != "gone":
+                raise
+            for instance_id in instance_ids:
+                self.terminate(region, instance_id)
 
     def describe(self, region: str, instance_id: str) -> Instance | None:
         """None when EC2 does not know the id: terminated over about an hour ago (moto
@@ -261,4 +365,5 @@ def _instance(raw: dict[str, Any]) -> Instance:
         private_ip=raw.get("PrivateIpAddress"),
         tags={t["Key"]: t["Value"] for t in raw.get("Tags", [])},
         client_token=raw.get("ClientToken") or None,
+        launch_index=int(raw.get("AmiLaunchIndex") or 0),
     )

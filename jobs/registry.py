@@ -70,6 +70,24 @@ class Launch:
     subnet_slot: int = 0  # which of the region's subnets (RegionConfig.subnets())
     refusals: int = 0  # how often EC2 refused it for capacity
     recent: bool = False  # its call's deadline has not passed: EC2 may not show it yet
+    # A batched launch (jobs/steps/batching.py): the RunInstances token that went to EC2
+    # is the batch's, and the node's instance is the one with this AmiLaunchIndex.
+    batch_token: str | None = None
+    launch_index: int | None = None
+    unfulfilled: bool = False  # the batch's answer had no instance for this node
+
+
+@dataclass(frozen=True)
+class LaunchBatch:
+    """One RunInstances for several nodes (launch_batches): node_ids in launch index order."""
+
+    client_token: str
+    region: str
+    instance_type: str
+    subnet_slot: int
+    subnet_id: str | None
+    node_ids: tuple[int, ...]
+    node_names: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -123,6 +141,33 @@ class StepContext(Protocol):
 
     def take_launch_token(self) -> float:
         """0 when a launch may go now; otherwise seconds until the fleet's budget allows."""
+        ...
+
+    def take_launch_instances(self, want: int) -> tuple[int, float]:
+        """One RunInstances call and up to `want` instances from the node's region's
+        buckets: (how many may launch now, seconds until one could when none may)."""
+        ...
+
+    def claim_launch_batch(
+        self, batch_token: str, more: int, subnet_slot: int, subnet_id: str | None
+    ) -> LaunchBatch | None:
+        """Claim up to `more` other nodes waiting to launch like this one and record the
+        batch and every node's launch before RunInstances; None when this worker no
+        longer holds the row in `instance` (launch nothing). Instances taken for nodes
+        that did not join go back into the region's bucket."""
+        ...
+
+    def launch_batch(self, batch_token: str) -> LaunchBatch | None:
+        """A recorded batch (the node's own, when its launch is in one)."""
+        ...
+
+    def batch_answered(self, batch: LaunchBatch, instance_ids: list[str]) -> None:
+        """EC2 launched these instances (launch index order) for the batch: each node's
+        launch gets its instance, the rest are unfulfilled; the other nodes' steps wake."""
+        ...
+
+    def batch_refused(self, batch: LaunchBatch, code: str, counted: bool) -> None:
+        """EC2 refused the batch (it made nothing): every node's launch is unfulfilled."""
         ...
 
     def intend_launch(

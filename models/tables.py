@@ -4,6 +4,7 @@ migrations; tests/test_schema.py checks that these mappings match what they buil
 from datetime import datetime
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Boolean,
     CheckConstraint,
@@ -153,6 +154,47 @@ class LaunchRow(Base):
     refusals: Mapped[int] = mapped_column(Integer, server_default=BY_DATABASE)
     refused_code: Mapped[str | None] = mapped_column(Text)
     refused_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # A batched launch's token and this node's place in it (0008_launch_batches.sql).
+    batch_token: Mapped[str | None] = mapped_column(
+        Text, ForeignKey("launch_batches.client_token")
+    )
+    launch_index: Mapped[int | None] = mapped_column(Integer)
+    unfulfilled: Mapped[bool] = mapped_column(Boolean, server_default=BY_DATABASE)
+
+
+class LaunchBatchRow(Base):
+    """One RunInstances for several nodes, recorded before the call (jobs/steps/batching)."""
+
+    __tablename__ = "launch_batches"
+    __table_args__ = (
+        CheckConstraint("cardinality(node_ids) >= 1", name="launch_batches_node_ids_check"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    client_token: Mapped[str] = mapped_column(Text, unique=True)
+    region: Mapped[str] = mapped_column(Text)
+    instance_type: Mapped[str] = mapped_column(Text)
+    subnet_slot: Mapped[int] = mapped_column(Integer)
+    subnet_id: Mapped[str | None] = mapped_column(Text)
+    node_ids: Mapped[list[int]] = mapped_column(ARRAY(BigInteger))
+    intended_by: Mapped[str] = mapped_column(Text)
+    intended_at: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)
+    fulfilled: Mapped[int | None] = mapped_column(Integer)
+    answered_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class LaunchBucketRow(Base):
+    """A region's RunInstances bucket (request or resource), as EC2 throttles them."""
+
+    __tablename__ = "launch_buckets"
+    __table_args__ = (
+        CheckConstraint("kind IN ('request', 'resource')", name="launch_buckets_kind_check"),
+    )
+
+    region: Mapped[str] = mapped_column(Text, primary_key=True)
+    kind: Mapped[str] = mapped_column(Text, primary_key=True)
+    tokens: Mapped[float] = mapped_column(Double)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=BY_DATABASE)
 
 
 class LaunchPauseRow(Base):

@@ -3,7 +3,8 @@ relies on (ClientToken idempotency; no crash under concurrent calls; a terminate
 forgotten after a while), with a throttling knob: a share of RunInstances calls is
 answered `RequestLimitExceeded` as AWS does under load. Every RunInstances is logged
 (when, which subnet, what it got), so tests can check the fleet's launch rate limit and
-which subnets it tried."""
+which subnets it tried. RunInstances launches MaxCount instances (moto alone launches
+MinCount), each with its AmiLaunchIndex, or fewer with the partial fulfilment knob."""
 
 import random
 import threading
@@ -13,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 from xml.etree import ElementTree
 
 from moto.ec2 import utils as moto_ec2_utils
@@ -74,6 +75,11 @@ class LaunchLog:
     refuse_in_subnets: frozenset[str] | None = None
     refused: int = 0
     calls: list[LaunchCall] = field(default_factory=list)
+    # Partial fulfilment: a RunInstances launches at most this many instances (EC2 launches
+    # between MinCount and MaxCount, as many as it has room for); None: MaxCount, as EC2
+    # with room. Asked for fewer than MinCount, it refuses InsufficientInstanceCapacity.
+    fulfil_at_most: int | None = None
+    launched_instances: int = 0  # instances RunInstances made (a batch makes several)
     # EC2 forgets a terminated instance about an hour after its termination: it is gone
     # from DescribeInstances (by filter too), and naming its id answers
     # InvalidInstanceID.NotFound. None: never, as moto. This many seconds stand for it.
@@ -182,13 +188,18 @@ class Ec2Front:
             if answer is not None:
                 self.log.calls.append(LaunchCall(time.monotonic(), subnet, token, outcome))
                 return answer
-        answer = self._ask_moto(environ)
+        count = _fulfilled_count(form, self.log.fulfil_at_most)
+        if count is None:
+            body = error_body("InsufficientInstanceCapacity", "simulated partial capacity")
+            return Answer("400 Bad Request", [("Content-Type", "text/xml")], [body])
+        answer = self._ask_moto(_launching(environ, count))
         launched = answer.status.startswith("200")
         outcome = "launched" if launched else "failed"
         with self.log.lock:
             self.log.calls.append(LaunchCall(time.monotonic(), subnet, token, outcome))
             if launched:
                 self.log.launched_at.append(time.monotonic())
+                self.log.launched_instances += count
                 if token:
                     self._by_token[token] = answer
         return answer
@@ -224,6 +235,24 @@ class Ec2Front:
 
         body = list(self.app(environ, start_response))
         return Answer(started[0], started[1], body)
+
+
+def _fulfilled_count(form: dict[str, list[str]], at_most: int | None) -> int | None:
+    """How many instances a RunInstances launches: MaxCount, or fewer (at_most), never
+    fewer than MinCount (None: EC2 refuses the call)."""
+    low = int(form.get("MinCount", ["1"])[0])
+    high = int(form.get("MaxCount", [str(low)])[0])
+    count = high if at_most is None else min(high, at_most)
+    return count if count >= low else None
+
+
+def _launching(environ: dict[str, Any], count: int) -> dict[str, Any]:
+    """The request with MinCount = MaxCount = count: moto launches MinCount instances
+    (EC2 launches up to MaxCount), each with its AmiLaunchIndex."""
+    form = parse_qs(environ["wsgi.input"].getvalue().decode(), keep_blank_values=True)
+    form["MinCount"] = form["MaxCount"] = [str(count)]
+    body = urlencode(form, doseq=True).encode()
+    return environ | {"wsgi.input": BytesIO(body), "CONTENT_LENGTH": str(len(body))}
 
 
 # The calls that name instances, and that EC2 answers InvalidInstanceID.NotFound for an

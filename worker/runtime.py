@@ -14,10 +14,12 @@ import structlog
 from sqlalchemy import Connection, Engine, Row, func, update
 from sqlalchemy.exc import DBAPIError
 
+from jobs.ec2 import client_token
 from jobs.host import HostConnections
 from jobs.outcomes import Done, Fail, HoldNode, Outcome, Wait
 from jobs.registry import (
     Launch,
+    LaunchBatch,
     NodeFacts,
     NodeSnapshot,
     Replacement,
@@ -110,6 +112,74 @@ class RunningStep:
         with self.engine.connect() as connection:
             granted, wait_seconds = connection.execute(query("take_launch_token"), params).one()
         return 0.0 if granted else max(float(wait_seconds), 0.05)
+
+    def take_launch_instances(self, want: int) -> tuple[int, float]:
+        c = self.config
+        params = {
+            "region": self.node.region,
+            "want": want,
+            "request_rate": c.ec2_request_rate,
+            "request_burst": c.ec2_request_burst,
+            "resource_rate": c.ec2_resource_rate,
+            "resource_burst": c.ec2_resource_burst,
+        }
+        with self.engine.connect() as connection:
+            connection.execute(query("ensure_launch_buckets"), params)
+            granted, wait_seconds = connection.execute(query("take_launch_buckets"), params).one()
+        return int(granted), 0.0 if granted else max(float(wait_seconds), 0.05)
+
+    def claim_launch_batch(
+        self, batch_token: str, more: int, subnet_slot: int, subnet_id: str | None
+    ) -> LaunchBatch | None:
+        node = self.node
+        params: dict[str, Any] = {
+            "node_id": node.id, "worker": self.worker, "region": node.region,
+            "instance_type": node.instance_type, "more": more, "batch_token": batch_token,
+            "subnet_slot": subnet_slot, "subnet_id": subnet_id,
+            "call_seconds": self.config.launch_call_seconds(),
+        }  # fmt: skip
+        with self.engine.connect() as autocommit:
+            connection = autocommit.execution_options(isolation_level="READ COMMITTED")
+            with connection.begin():
+                members = [row.id for row in connection.execute(query("batch_members"), params)]
+                node_ids = [node.id, *members]
+                fleet = self.tools.fleet_id
+                tokens = [client_token(fleet, i, 0, subnet_slot) for i in node_ids]
+                params |= {"node_ids": node_ids, "tokens": tokens}
+                if connection.execute(query("record_launch_batch"), params).first() is None:
+                    connection.rollback()
+                    return None
+                connection.execute(query("intend_batch_launches"), params)
+                connection.execute(query("hold_back_members"), {**params, "node_ids": members})
+            unused = more - len(members)
+            if unused > 0:
+                refund = {"region": node.region, "count": unused,
+                          "resource_burst": self.config.ec2_resource_burst}  # fmt: skip
+                autocommit.execute(query("refund_launch_instances"), refund)
+        return self.launch_batch(batch_token)
+
+    def launch_batch(self, batch_token: str) -> LaunchBatch | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(query("launch_batch"), {"batch_token": batch_token}).first()
+        if row is None:
+            return None
+        return LaunchBatch(row.client_token, row.region, row.instance_type, row.subnet_slot,
+                           row.subnet_id, tuple(row.node_ids), tuple(row.node_names))  # fmt: skip
+
+    def batch_answered(self, batch: LaunchBatch, instance_ids: list[str]) -> None:
+        params = {"batch_token": batch.client_token, "fulfilled": len(instance_ids),
+                  "instance_ids": instance_ids}  # fmt: skip
+        others = [i for i in batch.node_ids if i != self.node.id]
+        with self.engine.connect() as connection:
+            connection.execute(query("batch_answered"), params)
+            connection.execute(query("wake_batch_members"), {"node_ids": others})
+
+    def batch_refused(self, batch: LaunchBatch, code: str, counted: bool) -> None:
+        params = {"batch_token": batch.client_token, "code": code, "counted": counted}
+        others = [i for i in batch.node_ids if i != self.node.id]
+        with self.engine.connect() as connection:
+            connection.execute(query("batch_refused"), params)
+            connection.execute(query("wake_batch_members"), {"node_ids": others})
 
     def intend_launch(
         self, client_token: str, subnet_slot: int = 0, subnet_id: str | None = None

@@ -1,9 +1,11 @@
 """destroy: back up if the node answers, terminate its instance(s), wait until they are
 gone, and until no launch recorded for the node can still make one (a worker that lost
 the row or died with RunInstances in flight). Secrets are kept: the mnemonic is what
-recovers the funds."""
+recovers the funds. A batched launch's instance is the one at the node's launch index
+in its batch's reservation (jobs/ec2.py made_by), tagged for the node or not yet; the
+node's instances go in one TerminateInstances."""
 
-from jobs.ec2 import Instance
+from jobs.ec2 import Instance, made_by
 from jobs.host import HostUnreachable
 from jobs.node_api import NodeApiError, NodeUnreachable
 from jobs.outcomes import Done, HoldNode, Outcome, Wait
@@ -44,8 +46,7 @@ def destroy_node(context: StepContext) -> Outcome:
         return Done()
     if terminating:
         _back_up_if_answering(context)
-        for instance in alive:
-            tools.cloud.terminate(node.region, instance.id)
+        tools.cloud.terminate_many(node.region, sorted(i.id for i in alive))
     if not alive:
         return Wait(tools.settings.poll_seconds, f"launch {in_flight[0]} in flight")
     return Wait(tools.settings.poll_seconds, "instance shutting down")
@@ -58,11 +59,7 @@ def _recorded_launches(context: StepContext, instances: dict[str, Instance]) -> 
     node, tools = context.node, context.tools
     in_flight = []
     for launch in context.launches():
-        made = [
-            i
-            for i in tools.cloud.find_launch(launch.region, launch.client_token)
-            if i.belongs_to(tools.fleet_id, node.id)
-        ]
+        made = made_by(tools.cloud, tools.fleet_id, node.id, launch)
         for instance in made:
             instances.setdefault(instance.id, instance)
         if made and launch.instance_id is None:

@@ -4,7 +4,8 @@ Found by tag before anything is launched, so a launch whose worker died before t
 was written is found, not repeated. Each launch is recorded (its ClientToken, until when
 it may be in flight) before RunInstances goes out, so that destroy can find or wait for
 it; a repeated call with the same token returns the same instance. Launches draw on the
-fleet-wide budget and go to the region's subnets in turn (jobs/steps/launching.py: what
+fleet-wide budget and go to the region's subnets in turn, or go in batches
+(FLEET_LAUNCH_BATCH_MAX, jobs/steps/batching.py) (jobs/steps/launching.py: what
 EC2's refusals mean). An instance stopped outside the fleet is started again; one EC2
 no longer knows (terminated over an hour ago) holds the node rather than being replaced
 by a launch with its token."""
@@ -12,7 +13,7 @@ by a launch with its token."""
 import structlog
 from botocore.exceptions import ClientError
 
-from jobs.ec2 import Instance, client_token
+from jobs.ec2 import Instance, client_token, made_by
 from jobs.outcomes import Done, HoldNode, Outcome, Wait
 from jobs.registry import NodeFacts, StepContext, steps
 from jobs.steps.launching import launch
@@ -135,11 +136,7 @@ def _unknown_to_ec2(context: StepContext, instance_id: str) -> Instance | Wait |
         return tagged
     ours = [made for made in context.launches() if made.generation == node.launch_generation]
     for recorded in ours:
-        made = [
-            i
-            for i in tools.cloud.find_launch(recorded.region, recorded.client_token)
-            if i.belongs_to(tools.fleet_id, node.id)
-        ]
+        made = made_by(tools.cloud, tools.fleet_id, node.id, recorded)
         if made:
             return made[0]
     # Just launched and never seen with an address: EC2 may not show it yet.

@@ -16,7 +16,10 @@ quota can last hours.
 Exactly once: each subnet's launch has its own ClientToken, recorded before RunInstances
 (destroy looks every recorded token up). The next subnet is tried only after EC2 refused
 the current one, which then made nothing; a launch that got no answer (its worker died)
-is repeated with the same token in the same subnet, and EC2 answers with what it made."""
+is repeated with the same token in the same subnet, and EC2 answers with what it made.
+
+With FLEET_LAUNCH_BATCH_MAX > 1 a first launch goes in a batch instead
+(jobs/steps/batching.py); a node refused for capacity there launches here, on its own."""
 
 import structlog
 from botocore.exceptions import ClientError
@@ -26,6 +29,7 @@ from jobs.ec2 import Instance, client_token
 from jobs.ec2_errors import Ec2Error, classify
 from jobs.outcomes import HoldNode, Outcome, Wait
 from jobs.registry import StepContext
+from jobs.steps.batching import in_batch, lead_batch, may_lead, resume_batch
 
 log = structlog.get_logger()
 LAUNCH_PAUSES = Counter(
@@ -33,12 +37,18 @@ LAUNCH_PAUSES = Counter(
 )
 
 
-def launch(context: StepContext) -> Instance | Outcome:
+def launch(context: StepContext) -> Instance | Outcome:  # noqa: PLR0911 (each way out says why)
     """Launch the node's instance in the subnet whose turn it is, or say why not now."""
     node, tools = context.node, context.tools
+    batched = in_batch(context)
+    if batched is not None:
+        # Never a launch of its own while its batch is recorded (jobs/steps/batching.py).
+        return resume_batch(context, batched)
     pause = context.launch_pause()
     if pause is not None:
         return Wait(pause.seconds_left, pause.reason(), limited=False)
+    if tools.settings.launch_batch_max > 1 and may_lead(context):
+        return lead_batch(context)
     # Pacing the fleet set itself: it always passes, however long the node waited before.
     wait = context.take_launch_token()
     if wait > 0:

@@ -212,6 +212,25 @@ CREATE POLICY pauses_of_this_fleet ON launch_pauses
     USING ((SELECT fleet_login_role()) IS NOT NULL)
     WITH CHECK ((SELECT fleet_login_role()) = 'worker');
 
+-- Batched launches and per-region launch buckets (0008_launch_batches.sql): a worker
+-- records a batch and its nodes' launches before RunInstances, and its answer after;
+-- the dispatcher and operators may read them (destroy, reconcile, psql).
+GRANT SELECT, INSERT, UPDATE (fulfilled, answered_at) ON launch_batches TO fleet_worker;
+GRANT SELECT ON launch_batches TO fleet_dispatcher, fleet_operator;
+GRANT UPDATE (unfulfilled, batch_token, launch_index, intended_by, intended_at)
+    ON node_launches TO fleet_worker;
+GRANT SELECT, INSERT, UPDATE ON launch_buckets TO fleet_worker;
+ALTER TABLE launch_batches ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS batches_of_this_fleet ON launch_batches;
+CREATE POLICY batches_of_this_fleet ON launch_batches
+    USING ((SELECT fleet_login_role()) IS NOT NULL)
+    WITH CHECK ((SELECT fleet_login_role()) = 'worker');
+ALTER TABLE launch_buckets ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS buckets_of_this_fleet ON launch_buckets;
+CREATE POLICY buckets_of_this_fleet ON launch_buckets
+    USING ((SELECT fleet_login_role()) = 'worker')
+    WITH CHECK ((SELECT fleet_login_role()) = 'worker');
+
 ALTER TABLE node_replacements ENABLE ROW LEVEL SECURITY;
 DROP POLICY IF EXISTS replacements_fleet_wide ON node_replacements;
 CREATE POLICY replacements_fleet_wide ON node_replacements
