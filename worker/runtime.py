@@ -125,8 +125,10 @@ class RunningStep:
         }
         with self.engine.connect() as connection:
             connection.execute(query("ensure_launch_buckets"), params)
-            granted, wait_seconds = connection.execute(query("take_launch_buckets"), params).one()
-        return int(granted), 0.0 if granted else max(float(wait_seconds), 0.05)
+            answer = connection.execute(query("take_launch_buckets"), params).first()
+        assert answer is not None  # both buckets exist: made just before
+        granted, wait_seconds = int(answer.granted), float(answer.wait_seconds)
+        return granted, 0.0 if granted else max(wait_seconds, 0.05)
 
     def claim_launch_batch(
         self, batch_token: str, more: int, subnet_slot: int, subnet_id: str | None
