@@ -101,3 +101,35 @@ def test_a_terminated_instance_is_forgotten_as_ec2_forgets_it() -> None:
         assert [i["InstanceId"] for i in left["Instances"]] == [kept]
     finally:
         server.stop()
+
+
+def test_run_instances_launches_max_count_each_at_its_launch_index_and_fewer_when_told() -> None:
+    """EC2 launches up to MaxCount (moto alone launches MinCount), numbered by
+    AmiLaunchIndex; the partial fulfilment knob launches fewer; the token replays all."""
+    log = LaunchLog()
+    server = MotoServer("127.0.0.1", free_port(), log)
+    server.start()
+    try:
+        ec2 = boto3.client(
+            "ec2", region_name=REGION, endpoint_url=server.url,
+            aws_access_key_id="sim", aws_secret_access_key="sim",
+        )  # fmt: skip
+
+        def batch(token: str) -> list[tuple[str, int]]:
+            answer = ec2.run_instances(
+                ImageId="ami-0123456789abcdef0", MinCount=1, MaxCount=3, ClientToken=token
+            )
+            return [(i["InstanceId"], i["AmiLaunchIndex"]) for i in answer["Instances"]]
+
+        full = batch("batch-1")
+        assert [index for _, index in full] == [0, 1, 2]
+        log.fulfil_at_most = 2
+        assert [index for _, index in batch("batch-2")] == [0, 1]
+        assert batch("batch-1") == full  # replayed by its token, nothing more launched
+        assert len(all_instances(ec2)) == 5
+        assert log.launched_instances == 5
+        log.fulfil_at_most = 0  # fewer than MinCount: refused, as EC2 without room
+        with pytest.raises(ClientError, match="InsufficientInstanceCapacity"):
+            batch("batch-3")
+    finally:
+        server.stop()
