@@ -155,9 +155,7 @@ class LaunchRow(Base):
     refused_code: Mapped[str | None] = mapped_column(Text)
     refused_at: Mapped[datetime | None] = mapped_column(Timestamp)
     # A batched launch's token and this node's place in it (0008_launch_batches.sql).
-    batch_token: Mapped[str | None] = mapped_column(
-        Text, ForeignKey("launch_batches.client_token")
-    )
+    batch_token: Mapped[str | None] = mapped_column(Text, ForeignKey("launch_batches.client_token"))
     launch_index: Mapped[int | None] = mapped_column(Integer)
     unfulfilled: Mapped[bool] = mapped_column(Boolean, server_default=BY_DATABASE)
 
