@@ -199,3 +199,48 @@ def test_a_replacement_waits_while_an_earlier_launch_may_still_make_an_instance(
     context = _Replacing(replace(node(), launch_generation=1), _Tools(None), recorded=[in_flight])
     outcome = instance_step.ensure_instance(cast(StepContext, context))
     assert isinstance(outcome, Wait) and "in flight" in outcome.reason
+
+
+def test_a_batch_is_one_request_tagged_per_node_by_launch_index(moto: MotoServer) -> None:
+    """One RunInstances for three nodes with the batch's token; CreateTags gives each
+    instance its node's tags by AmiLaunchIndex; before that, each node's launch finds
+    its instance by the batch token and its index (made_by), the others' never."""
+    from jobs.registry import LaunchBatch
+
+    settings = StepSettings(aws_endpoint_url=moto.url, regions={REGION: RegionConfig(ami=AMI)})
+    cloud = fleet_ec2.Ec2Cloud(settings, FLEET_ID)
+    batch = LaunchBatch(f"{FLEET_ID}-b1", REGION, "t3.small", 0, None, (7, 8, 9),
+                        ("n7", "n8", "n9"))  # fmt: skip
+    instances = cloud.launch_batch(batch)
+    assert [i.launch_index for i in instances] == [0, 1, 2]
+    assert len(moto.log.calls) == 1
+    assert all(i.node_id() is None and i.fleet_id() == FLEET_ID for i in instances)
+    for index, node_id in enumerate(batch.node_ids):
+        recorded = Launch(0, REGION, f"{FLEET_ID}-{node_id}-0", None, True,
+                          batch_token=batch.client_token, launch_index=index)  # fmt: skip
+        [made] = fleet_ec2.made_by(cloud, FLEET_ID, node_id, recorded)
+        assert made.id == instances[index].id
+    assert cloud.launch_batch(batch) == instances  # repeated: the same reservation
+    cloud.tag_batch(batch, instances)
+    for index, node_id in enumerate(batch.node_ids):
+        [tagged] = cloud.find_instances(REGION, node_id)
+        assert tagged.id == instances[index].id
+        assert tagged.tags["Name"] == f"n{node_id}"
+    unfulfilled = Launch(0, REGION, "t", None, False, batch_token=batch.client_token,
+                         launch_index=2, unfulfilled=True)  # fmt: skip
+    assert fleet_ec2.made_by(cloud, FLEET_ID, 9, unfulfilled) == []
+
+
+def test_terminate_many_is_one_call_and_survives_an_instance_ec2_forgot(
+    moto: MotoServer,
+) -> None:
+    settings = StepSettings(aws_endpoint_url=moto.url, regions={REGION: RegionConfig(ami=AMI)})
+    cloud = fleet_ec2.Ec2Cloud(settings, FLEET_ID)
+    ids = [cloud.launch(node(n)).id for n in (1, 2, 3)]
+    cloud.terminate_many(REGION, ids[:2])
+    assert [cloud.describe(REGION, i).state for i in ids] == [  # type: ignore[union-attr]
+        "terminated", "terminated", "running"]  # fmt: skip
+    moto.log.forget_terminated_seconds = 0.0  # EC2 forgot the first two
+    cloud.terminate_many(REGION, ids)  # NotFound for the forgotten: the rest one by one
+    # Terminated, so forgotten at once too (a running one would still be described).
+    assert cloud.describe(REGION, ids[2]) is None
