@@ -100,6 +100,20 @@ def test_the_region_resource_bucket_caps_each_batch(
     assert made[-1] - made[0] >= 1.5
 
 
+def test_throttled_batches_are_repeated_by_their_token_one_instance_per_node(
+    simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
+) -> None:
+    """Half of the RunInstances calls are throttled (RequestLimitExceeded): botocore
+    retries them, and a batch repeated by its token still makes one instance per node."""
+    simulation.cloud.launches.throttle_rate = 0.5
+    simulation.cloud.launches.rng.seed(12)
+    node_ids = add_nodes(db_url, [f"throttled-{n}" for n in range(5)])
+    start_worker(env=batched(simulation, size=2))
+    launched_past_instance(db_url, node_ids, timeout=90)
+    one_instance_each(simulation, node_ids)
+    assert simulation.cloud.launches.throttled >= 1
+
+
 @pytest.mark.parametrize(
     "point", [pytest.param(p, marks=[] if p == "launched" else [pytest.mark.slow])
               for p in CRASH_POINTS],
