@@ -148,17 +148,19 @@ class RunningStep:
                 fleet = self.tools.fleet_id
                 tokens = [client_token(fleet, i, 0, subnet_slot) for i in node_ids]
                 params |= {"node_ids": node_ids, "tokens": tokens}
-                if connection.execute(query("record_launch_batch"), params).first() is None:
-                    connection.rollback()
-                    return None
-                connection.execute(query("intend_batch_launches"), params)
-                connection.execute(query("hold_back_members"), {**params, "node_ids": members})
-            unused = more - len(members)
+                recorded = connection.execute(query("record_launch_batch"), params).first()
+                if recorded is not None:
+                    connection.execute(query("intend_batch_launches"), params)
+                    hold = {**params, "node_ids": members}
+                    connection.execute(query("hold_back_members"), hold)
+            # What the claim did not use goes back into the bucket (all of it when the row
+            # moved on: nothing is launched).
+            unused = more - len(members) if recorded is not None else more + 1
             if unused > 0:
                 refund = {"region": node.region, "count": unused,
                           "resource_burst": self.config.ec2_resource_burst}  # fmt: skip
                 autocommit.execute(query("refund_launch_instances"), refund)
-        return self.launch_batch(batch_token)
+        return None if recorded is None else self.launch_batch(batch_token)
 
     def launch_batch(self, batch_token: str) -> LaunchBatch | None:
         with self.engine.connect() as connection:
