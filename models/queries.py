@@ -60,6 +60,7 @@ QueryName = Literal[
     "steer_rollout",
     "rollout_progress",
     "rollout_failures",
+    "rollouts_running",
     "request_wallet_reinit",
     "open_wallet_reinit",
     "wallet_reinit_progress",
