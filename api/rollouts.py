@@ -3,7 +3,7 @@ SQL functions as `fleet rollout` (models/rollouts.py); the dispatcher drives the
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,7 +16,22 @@ from api.schemas import MAX_PAGE, Region, Version
 from models import formats, rollouts
 from models.rollouts import Action, RolloutPlan, RolloutProgress, RolloutRefused, Selection
 
-router = APIRouter(prefix="/rollouts", tags=["rollouts"], responses=documented(401, 403, 429, 503))
+# What 404 and 409 mean here (documented() says it for nodes).
+MEANINGS: Final = {
+    404: "No such rollout",
+    409: "The rollout is finished already, or no node is left to roll out",
+}
+
+
+def answers(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    found = documented(*statuses)
+    for status, meaning in MEANINGS.items():
+        if status in found:
+            found[status] = found[status] | {"description": meaning}
+    return found
+
+
+router = APIRouter(prefix="/rollouts", tags=["rollouts"], responses=answers(401, 403, 429, 503))
 
 MAX_ROLLOUT_ID: Final = 2**63 - 1
 RolloutId = Annotated[int, Path(ge=1, le=MAX_ROLLOUT_ID, description="The rollout's id")]
@@ -148,7 +163,7 @@ class RolloutList(BaseModel):
     items: list[RolloutOut] = Field(description="The latest first")
 
 
-@router.post("", status_code=201, responses=documented(400, 409, 413, 422), summary="Start")
+@router.post("", status_code=201, responses=answers(400, 409, 413, 422), summary="Start")
 def start_rollout(body: RolloutCreate, caller: Caller, app: App) -> RolloutDetail:
     """Choose the nodes now and roll the release across them batch by batch: each batch
     updated, started again if it was live, and healthy before the next begins."""
@@ -161,7 +176,7 @@ def start_rollout(body: RolloutCreate, caller: Caller, app: App) -> RolloutDetai
         return _detail(session, made)
 
 
-@router.get("", responses=documented(422), summary="List rollouts")
+@router.get("", responses=answers(422), summary="List rollouts")
 def list_rollouts(
     caller: Caller,
     app: App,
@@ -174,7 +189,7 @@ def list_rollouts(
         )
 
 
-@router.get("/{rollout_id}", responses=documented(404, 422), summary="Show a rollout")
+@router.get("/{rollout_id}", responses=answers(404, 422), summary="Show a rollout")
 def show_rollout(rollout_id: RolloutId, caller: Caller, app: App) -> RolloutDetail:
     """Its progress: nodes per phase, its failures and why it paused."""
     _admin(caller)
@@ -182,7 +197,7 @@ def show_rollout(rollout_id: RolloutId, caller: Caller, app: App) -> RolloutDeta
         return _detail(session, rollout_id)
 
 
-STEER_ERRORS = documented(400, 404, 409, 413, 422)
+STEER_ERRORS = answers(400, 404, 409, 413, 422)
 
 
 @router.post("/{rollout_id}/pause", responses=STEER_ERRORS, summary="Pause")
