@@ -65,11 +65,12 @@ from benchmarks.chaos_rollout import (
     ROLLOUT_RELEASE,
     STOPPED_SHARE,
     Check,
+    abort_checks,
     abort_midway,
     add_releases,
     roll,
+    rollout_checks,
 )
-from benchmarks.chaos_rollout import checks as rollout_checks
 from jobs.config import StepSettings
 from jobs.ec2 import NODE_ID_TAG, Ec2Cloud
 from models.identity import fleet_id
@@ -305,10 +306,11 @@ def rollouts(
     settle(db_url, targets, plan.settle_seconds)
     run = roll(db_url, urls["operator"], targets, plan.settle_seconds)
     timed_settle(db_url, targets, plan, chaos, f"rollout to {ROLLOUT_RELEASE}", began)
+    chaos.rollout = rollout_checks(db_url, run)
     began = time.monotonic()
     abort_midway(db_url, urls["operator"], targets, run, plan.settle_seconds)
     timed_settle(db_url, targets, plan, chaos, f"aborted rollout to {ABORT_RELEASE}", began)
-    chaos.rollout = rollout_checks(db_url, run)
+    chaos.rollout += abort_checks(db_url, run)
 
 
 def versions_of(db_url: str, names: list[str]) -> list[tuple[str, str | None, bool]]:

@@ -195,10 +195,10 @@ def members(db: psycopg.Connection, rollout: int) -> list[Member]:
     return [tuple(row) for row in rows]
 
 
-def checks(db_url: str, run: RolloutRun) -> list[Check]:
+def rollout_checks(db_url: str, run: RolloutRun) -> list[Check]:
+    """The main rollout's checks, once it is done and settled (before the next moves on)."""
     with connected(db_url) as db:
         chosen = members(db, run.rollout)
-        aborted = members(db, run.aborted)
         [(limit, began, ended)] = db.execute(
             "SELECT r.max_unavailable, r.created_at, max(rn.phase_at) FROM rollouts r"
             " JOIN rollout_nodes rn ON rn.rollout_id = r.id WHERE r.id = %s GROUP BY r.id",
@@ -211,17 +211,19 @@ def checks(db_url: str, run: RolloutRun) -> list[Check]:
             " ORDER BY id",
             (was_live, began, ended),
         ).fetchall()
+    return [check_arrived(chosen, run), check_unavailable(history, int(limit)), check_pause(run)]
+
+
+def abort_checks(db_url: str, run: RolloutRun) -> list[Check]:
+    """The aborted rollout's check, once its nodes settled (before the next phase)."""
+    with connected(db_url) as db:
+        aborted = members(db, run.aborted)
         touched = db.execute(
             "SELECT DISTINCT n.name FROM node_history h JOIN nodes n ON n.id = h.node_id"
             " WHERE h.event = 'transition' AND h.at >= (SELECT created_at FROM rollouts"
             " WHERE id = %s)", (run.aborted,),
         ).fetchall()  # fmt: skip
-    return [
-        check_arrived(chosen, run),
-        check_unavailable(history, int(limit)),
-        check_pause(run),
-        check_abort(aborted, run, {str(name) for (name,) in touched}),
-    ]
+    return [check_abort(aborted, run, {str(name) for (name,) in touched})]
 
 
 def check_arrived(chosen: list[Member], run: RolloutRun) -> Check:
