@@ -444,6 +444,8 @@ BEGIN
                                                        greatest(ceil(chosen * batch_percent / 100.0)::integer, 1))
         WHERE id = made;
     END IF;
+    -- Wake the dispatcher for its first batch now, not at its next sweep.
+    PERFORM pg_notify('fleet_due', 'rollout ' || made);
     RETURN made;
 END
 $$;
@@ -478,6 +480,7 @@ BEGIN
             failures_resumed = (SELECT count(*) FROM rollout_nodes
                                 WHERE rollout_id = rollout AND phase = 'failed')
         WHERE id = rollout;
+        PERFORM pg_notify('fleet_due', 'rollout ' || rollout);
     ELSIF action = 'abort' THEN
         UPDATE rollout_nodes SET phase = 'skipped', phase_at = now(),
                error = CASE phase WHEN 'pending' THEN 'rollout aborted: not touched'
