@@ -105,6 +105,11 @@ class SimHost:
         self._ssh: SimSSHHost | None = None
         self.commands: list[str] = []
 
+    @property
+    def ssh_server(self) -> SimSSHHost | None:
+        """The SSH server of this boot (None while the host is off)."""
+        return self._ssh
+
     # --- the machine -------------------------------------------------------------
     async def boot(self) -> None:
         self._ssh = await start_ssh_server(

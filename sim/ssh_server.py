@@ -140,6 +140,7 @@ class _AuthServer(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._connection = conn
         self._host.connections.add(conn)
+        self._host.sessions_made += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._connection is not None:
@@ -162,6 +163,7 @@ class _AuthServer(asyncssh.SSHServer):
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                 f"forwarding to {dest_host}:{dest_port} is not permitted",
             )
+        self._host.forwards_opened += 1
         return _forward_from_host(self._host.host, dest_port)
 
 
@@ -198,6 +200,9 @@ class SimSSHHost:
         # Ports on the host's own address a client may reach as 127.0.0.1 / localhost.
         self.forward_ports = frozenset(forward_ports)
         self.connections: set[asyncssh.SSHServerConnection] = set()
+        # Counted for the tests of the watch's kept connections and channels.
+        self.sessions_made = 0  # SSH connections accepted
+        self.forwards_opened = 0  # direct-tcpip channels to the host's loopback
         self._acceptor: asyncssh.SSHAcceptor | None = None
 
     @property
