@@ -51,7 +51,7 @@ def test_a_late_node_is_probed_once_then_back_on_its_own_offset(tmp_path: Path) 
 
     async def start_late() -> float:
         now = 1000.0
-        watch.due_at[1] = now - 75.0  # 2.5 intervals late
+        watch.schedule(1, now - 75.0)  # 2.5 intervals late
         watch._start_due(now)
         await asyncio.gather(*watch._tasks)
         return watch.due_at[1]
