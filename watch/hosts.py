@@ -183,8 +183,11 @@ class HostConnections:
             answers = await channel.get_all(paths, tokens)
             done = True
             return answers
-        except (OSError, asyncssh.Error, h11.ProtocolError) as exc:
+        except (OSError, asyncssh.Error) as exc:
             raise ConnectionBroken(f"SSH connection lost: {_said(exc)}") from None
+        except h11.ProtocolError as exc:
+            # Its kind only: h11's text may quote a header, and a header is the token.
+            raise ConnectionBroken(f"HTTP on the channel failed: {type(exc).__name__}") from None
         finally:
             if done:
                 self._channels[node_id] = channel
