@@ -147,7 +147,8 @@ class HostConnections:
             known[1].close()
 
     async def keep_only(self, node_ids: set[int]) -> None:
-        for node_id in set(self._open) - node_ids:
+        # Channels too: a probe that ends after its node was dropped puts its channel back.
+        for node_id in (set(self._open) | set(self._channels)) - node_ids:
             await self.drop(node_id)
 
     async def close(self) -> None:
