@@ -200,3 +200,22 @@ def test_a_fleet_under_tight_buckets_goes_live_retrying_what_was_throttled(
     assert len(simulation.cloud.launches.launched_at) == len(node_ids)
     rows = fetch(db_url, "SELECT held, attempts FROM nodes WHERE id = ANY(%s)", node_ids)
     assert rows == [(False, 0)] * len(node_ids)
+
+
+@pytest.mark.slow  # eight nodes through the simulator: the second tier (scripts/test)
+def test_a_well_paced_fleet_gets_few_throttled_answers_from_aws_buckets(
+    simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
+) -> None:
+    """AWS's own bucket sizes (the simulated cloud's default) and the fleet's default
+    launch budget (2 a second, 5 at once: RunInstances' request bucket): no launch is
+    throttled, and the fleet's polling stays within the describe buckets."""
+    throttle = simulation.cloud.launches.throttle
+    assert throttle is not None and throttle.limits == Ec2Limits()
+    env = simulation.env | {"FLEET_LAUNCH_RATE": "2", "FLEET_LAUNCH_BURST": "5"}
+    node_ids = add_nodes(db_url, [f"paced-{i}" for i in range(8)])
+    for _ in range(3):
+        start_worker(env=env)
+    reach(db_url, node_ids, "live", timeout=120)
+    assert throttle.admitted_total(action="RunInstances") == len(node_ids)
+    assert throttle.refused_total(action="RunInstances") == 0
+    assert throttle.refused_total() <= 2, dict(throttle.refused)
