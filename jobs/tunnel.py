@@ -3,8 +3,10 @@ same pinned-key connection the host agent uses (jobs/host.py), to the host's own
 127.0.0.1:<node API port>. The daemon has no TLS; this way its passwords, mnemonics and
 admin tokens never cross the network in clear, and its port can stay closed to the world.
 
-One SSH session per API call, like one per agent command: nothing to close when a step
-ends, fails or its worker dies (tests/test_node_tunnel.py measures what it costs)."""
+In a job, each API call is a channel of its own on the job's one SSH connection to the
+host (HostConnections, jobs/host.py), which the job closes when it ends; without one,
+each call opens and closes an SSH session of its own (tests/test_node_tunnel.py measures
+what either costs)."""
 
 from dataclasses import dataclass
 
@@ -13,7 +15,7 @@ import paramiko
 from fabric import Connection
 
 from jobs.config import StepSettings
-from jobs.host import pinned_connection
+from jobs.host import BROKEN, HostConnections, pinned_connection
 from jobs.node_api import Direct, Route
 from jobs.outcomes import HoldNode
 from jobs.registry import NodeSnapshot
@@ -22,8 +24,11 @@ from jobs.registry import NodeSnapshot
 HOST_LOOPBACK = "127.0.0.1"
 
 
-def node_route(settings: StepSettings, node: NodeSnapshot) -> Route:
-    """How this node's API is reached under the fleet's settings."""
+def node_route(
+    settings: StepSettings, node: NodeSnapshot, connections: HostConnections | None = None
+) -> Route:
+    """How this node's API is reached under the fleet's settings (through the job's SSH
+    connections when given)."""
     if node.address is None:
         raise HoldNode(f"node {node.name} has no address; its instance step did not finish")
     if settings.node_api_transport == "direct":
@@ -34,7 +39,7 @@ def node_route(settings: StepSettings, node: NodeSnapshot) -> Route:
             " sent; its API is reached only through SSH with a pinned key: record the"
             " host's checked key in nodes.ssh_host_key (as the schema owner), then retry"
         )
-    return SshTunnel(settings, node.address, node.ssh_host_key)
+    return SshTunnel(settings, node.address, node.ssh_host_key, connections)
 
 
 @dataclass(frozen=True)
@@ -42,12 +47,16 @@ class SshTunnel:
     settings: StepSettings
     address: str
     pinned_key: str  # never None: a host without a pin gets no tunnel
+    # The job's connections to share; None: an SSH session of its own per call.
+    connections: HostConnections | None = None
 
     @property
     def origin(self) -> httpcore.Origin:
         return httpcore.Origin(b"http", HOST_LOOPBACK.encode(), self.settings.node_api_port)
 
     def connect(self, timeout: float) -> httpcore.NetworkStream:
+        if self.connections is not None:
+            return self._shared_channel(self.connections, timeout)
         connection = pinned_connection(self.settings, self.address, self.pinned_key)
         try:
             channel = open_api_channel(connection, self.settings.node_api_port, timeout)
@@ -55,6 +64,23 @@ class SshTunnel:
             connection.close()
             raise
         return ChannelStream(connection, channel)
+
+    def _shared_channel(self, connections: HostConnections, timeout: float) -> "SharedChannel":
+        port = self.settings.node_api_port
+
+        def channel(connection: Connection) -> paramiko.Channel:
+            # Raw: a refusal must not look like a broken connection (no retry for it).
+            transport = connection.client.get_transport()
+            return transport.open_channel(
+                "direct-tcpip", (HOST_LOOPBACK, port), (HOST_LOOPBACK, 0), timeout=timeout
+            )
+
+        try:
+            return SharedChannel(connections.use(self.address, self.pinned_key, channel))
+        except paramiko.ChannelException as exc:
+            raise httpcore.ConnectError(f"the host refused the tunnel: {exc.text}") from None
+        except BROKEN as exc:
+            raise httpcore.ConnectError(f"no tunnel: {exc}") from None
 
 
 def open_api_channel(connection: Connection, port: int, timeout: float) -> paramiko.Channel:
@@ -75,7 +101,7 @@ def open_api_channel(connection: Connection, port: int, timeout: float) -> param
 class ChannelStream(httpcore.NetworkStream):
     """An SSH channel as httpcore's byte stream; closing it ends the SSH session too."""
 
-    def __init__(self, connection: Connection, channel: paramiko.Channel) -> None:
+    def __init__(self, connection: Connection | None, channel: paramiko.Channel) -> None:
         self._connection = connection
         self._channel = channel
 
@@ -100,4 +126,15 @@ class ChannelStream(httpcore.NetworkStream):
 
     def close(self) -> None:
         self._channel.close()
-        self._connection.close()
+        if self._connection is not None:
+            self._connection.close()
+
+
+class SharedChannel(ChannelStream):
+    """A channel on the job's connection: closing it leaves the connection to the job."""
+
+    def __init__(self, channel: paramiko.Channel) -> None:
+        super().__init__(None, channel)
+
+    def close(self) -> None:
+        self._channel.close()

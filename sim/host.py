@@ -104,6 +104,7 @@ class SimHost:
         self._unlock_seconds = unlock_seconds
         self._ssh: SimSSHHost | None = None
         self.commands: list[str] = []
+        self._handshakes_before_boot = 0  # of the SSH servers of earlier boots
 
     # --- the machine -------------------------------------------------------------
     async def boot(self) -> None:
@@ -121,6 +122,7 @@ class SimHost:
         await self._stop_daemon()
         if self._ssh is not None:
             await self._ssh.close()
+            self._handshakes_before_boot += self._ssh.handshakes
             self._ssh = None
 
     async def reboot(self) -> None:
@@ -141,6 +143,22 @@ class SimHost:
         """Another node's wallet on this host (a swapped disk, a hijacked host): the running
         daemon answers with that node's pubkey from now on."""
         self.disk.mnemonic = mnemonic
+
+    @property
+    def ssh_handshakes(self) -> int:
+        """SSH connections clients opened to this host, over all its boots."""
+        now = 0 if self._ssh is None else self._ssh.handshakes
+        return self._handshakes_before_boot + now
+
+    @property
+    def open_ssh_connections(self) -> int:
+        """SSH connections open to this host now."""
+        return 0 if self._ssh is None else len(self._ssh.connections)
+
+    async def drop_ssh_connections(self) -> None:
+        """Fault knob: the open SSH connections break; the host keeps serving new ones."""
+        if self._ssh is not None:
+            self._ssh.drop_connections()
 
     async def change_host_key(self) -> None:
         """The host shows another SSH key from now on (rebuilt, or a man in the middle)."""

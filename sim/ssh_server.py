@@ -140,6 +140,7 @@ class _AuthServer(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._connection = conn
         self._host.connections.add(conn)
+        self._host.handshakes += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._connection is not None:
@@ -198,6 +199,9 @@ class SimSSHHost:
         # Ports on the host's own address a client may reach as 127.0.0.1 / localhost.
         self.forward_ports = frozenset(forward_ports)
         self.connections: set[asyncssh.SSHServerConnection] = set()
+        # Every SSH connection a client opened (each one a key exchange): what the fleet's
+        # round trips per node are counted in (tests/test_round_trips.py).
+        self.handshakes = 0
         self._acceptor: asyncssh.SSHAcceptor | None = None
 
     @property
@@ -240,6 +244,12 @@ class SimSSHHost:
         self.acceptor.update(server_host_keys=[key])
         self.host_key = key
         return key
+
+    def drop_connections(self) -> None:
+        """Fault knob: every open SSH connection breaks (a NAT timeout, a restarted
+        sshd); the port stays open and new connections are served."""
+        for connection in list(self.connections):
+            connection.abort()
 
     async def close(self) -> None:
         """Stop listening and drop open sessions, as a host that dies does."""

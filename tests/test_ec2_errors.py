@@ -17,7 +17,8 @@ from tests.test_reconcile import reconcile
 from tests.test_step_faults import StartWorker
 from worker.dispatcher import Dispatcher
 
-FAST_PAUSE = {"FLEET_EC2_PAUSE_SECONDS": "0.3"}
+# Doubling capped at 1 s: six refusals in seconds, not the 40 s of 0.6 * 2**k.
+FAST_PAUSE = {"FLEET_EC2_PAUSE_SECONDS": "0.3", "FLEET_EC2_PAUSE_MAX_SECONDS": "1"}
 FORGET_SECONDS = 0.5  # the simulator's stand-in for EC2's hour
 
 

@@ -10,18 +10,19 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncssh
 import pytest
 
 from jobs.config import ChainBackend, StepSettings
-from jobs.host import FabricAgent, pinned_connection
+from jobs.host import FabricAgent, HostConnections, HostUnreachable
 from jobs.node_api import Direct, NodeApi, NodeUnreachable, Route
 from jobs.node_auth import RootKey, new_root_key, route_token
 from jobs.outcomes import HoldNode
 from jobs.registry import NodeSnapshot
-from jobs.tunnel import ChannelStream, SshTunnel, node_route, open_api_channel
+from jobs.toolbox import Toolbox
+from jobs.tunnel import SshTunnel, node_route
 from models.secrets import Secret
 from sim.host import HostPorts, SimHost
 from sim.rln_daemon import ApiTraffic, ChainWorld, SimBitcoind
@@ -73,9 +74,15 @@ class Node:
     def traffic(self) -> ApiTraffic:
         return self.host.traffic
 
-    def api(self, route: Route | None = None, timeout: float = 5, unlock: float = 10) -> NodeApi:
+    def api(
+        self,
+        route: Route | None = None,
+        timeout: float = 5,
+        unlock: float = 10,
+        connections: HostConnections | None = None,
+    ) -> NodeApi:
         return NodeApi(
-            route or SshTunnel(self.settings, self.host.address, self.pin),
+            route or SshTunnel(self.settings, self.host.address, self.pin, connections),
             token=lambda path: route_token(self.key.private_hex, path),
             timeout=timeout,
             unlock_timeout=unlock,
@@ -169,6 +176,125 @@ def test_a_changed_host_key_holds_the_node_before_the_daemon_hears_anything(
     assert node.host.commands == commands
 
 
+def test_a_jobs_agent_commands_and_api_calls_share_one_ssh_connection(node: Node) -> None:
+    before = node.host.ssh_handshakes
+    with HostConnections(node.settings) as connections:
+        agent = FabricAgent(node.settings, connections)
+        assert agent.run(node.host.address, node.pin, "status").ok
+        api = node.api(connections=connections)
+        api.init(PASSWORD, MNEMONIC)
+        api.unlock(PASSWORD, CHAIN)
+        api.network_info()
+        api.node_info()
+        assert agent.run(node.host.address, node.pin, "status").ok
+        assert node.host.ssh_handshakes - before == 1
+        assert node.loop.run(_open_connections(node)) == 1
+    # Nothing outlives the job: the host sees the connection closed.
+    wait_for(lambda: node.loop.run(_open_connections(node)) == 0)
+    assert node.traffic.tunnelled == 4 and node.traffic.direct == 0
+    # Without a job's connections, a session per call as before.
+    FabricAgent(node.settings).run(node.host.address, node.pin, "status")
+    node.api().node_info()
+    assert node.host.ssh_handshakes - before == 3
+
+
+def test_a_jobs_toolbox_closes_its_connections_however_the_job_ends(node: Node) -> None:
+    tools = Toolbox(node.settings, "fleet", cast(Any, None), FabricAgent(node.settings),
+                    cast(Any, None))  # fmt: skip
+    before = node.host.ssh_handshakes
+    with pytest.raises(KeyboardInterrupt), HostConnections(node.settings) as hosts:
+        job = tools.for_job(hosts)
+        assert job.agent.run(node.host.address, node.pin, "status").ok
+        node.api(connections=job.hosts).init(PASSWORD, MNEMONIC)
+        assert node.host.ssh_handshakes - before == 1
+        raise KeyboardInterrupt  # a cold shutdown mid-chain
+    wait_for(lambda: node.loop.run(_open_connections(node)) == 0)
+    assert tools.hosts is None  # the worker's own toolbox holds no connection
+
+
+def test_a_first_contacts_connection_serves_the_pin_it_showed_and_no_other(node: Node) -> None:
+    before = node.host.ssh_handshakes
+    with HostConnections(node.settings) as connections:
+        agent = FabricAgent(node.settings, connections)
+        shown = agent.run(node.host.address, None, "status").host_key  # the key step
+        assert shown == node.pin
+        agent.run(node.host.address, shown, "status")  # a later step, pinned
+        assert node.host.ssh_handshakes - before == 1
+        other = public_key_text(asyncssh.generate_private_key("ssh-ed25519"))
+        commands = list(node.host.commands)
+        with pytest.raises(HoldNode, match="changed since it was pinned"):
+            agent.run(node.host.address, other, "status")
+        assert node.host.commands == commands  # opened again, checked, nothing sent
+
+
+def test_a_connection_broken_mid_chain_is_opened_again_once_with_the_key_checked(
+    node: Node,
+) -> None:
+    before = node.host.ssh_handshakes
+    with HostConnections(node.settings) as connections:
+        agent = FabricAgent(node.settings, connections)
+        api = node.api(connections=connections)
+        agent.run(node.host.address, node.pin, "status")
+        node.loop.run(node.host.drop_ssh_connections())
+        assert agent.run(node.host.address, node.pin, "status").ok
+        assert node.host.ssh_handshakes - before == 2
+        node.loop.run(node.host.drop_ssh_connections())
+        api.init(PASSWORD, MNEMONIC)
+        assert node.host.ssh_handshakes - before == 3
+        assert node.traffic.tunnelled == 1
+        # Broken again, and the host shows another key now: the reopening checks it.
+        node.loop.run(node.host.drop_ssh_connections())
+        node.loop.run(node.host.change_host_key())
+        with pytest.raises(HoldNode, match="changed since it was pinned"):
+            api.unlock(PASSWORD, CHAIN)
+        with pytest.raises(HoldNode, match="changed since it was pinned"):
+            agent.run(node.host.address, node.pin, "status")
+    assert node.traffic.tunnelled == 1 and node.host.disk.unlock_calls == 0
+
+
+def test_a_break_noticed_only_under_the_work_is_retried_once_on_a_new_connection(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """paramiko has not seen the break yet when the command or channel goes out: the
+    work fails on the old connection, and is retried once on a newly opened one."""
+    monkeypatch.setattr("jobs.host._alive", lambda connection: True)
+    before = node.host.ssh_handshakes
+    with HostConnections(node.settings) as connections:
+        agent = FabricAgent(node.settings, connections)
+        agent.run(node.host.address, node.pin, "status")
+        node.loop.run(node.host.drop_ssh_connections())
+        wait_for(lambda: node.loop.run(_open_connections(node)) == 0)
+        assert agent.run(node.host.address, node.pin, "status").ok
+        node.loop.run(node.host.drop_ssh_connections())
+        wait_for(lambda: node.loop.run(_open_connections(node)) == 0)
+        node.api(connections=connections).init(PASSWORD, MNEMONIC)
+    assert node.host.ssh_handshakes - before == 3
+    assert node.traffic.tunnelled == 1
+
+
+def test_a_host_that_stays_down_is_unreachable_after_one_reopening(node: Node) -> None:
+    with HostConnections(node.settings) as connections:
+        agent = FabricAgent(node.settings, connections)
+        agent.run(node.host.address, node.pin, "status")
+        node.loop.run(node.host.power_off())
+        with pytest.raises(HostUnreachable, match="no SSH session with"):
+            agent.run(node.host.address, node.pin, "status")
+        with pytest.raises(NodeUnreachable, match=r"^/nodeinfo: no SSH session with"):
+            node.api(connections=connections).node_info()
+
+
+async def _open_connections(node: Node) -> int:
+    ssh = node.host._ssh  # the simulator's own sshd, counted from inside
+    return 0 if ssh is None else len(ssh.connections)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
 def snapshot(address: str | None, ssh_host_key: str | None) -> NodeSnapshot:
     return NodeSnapshot(
         id=1, name="n1", owner="o", region="eu-west-1", instance_type="t3.small",
@@ -233,49 +359,49 @@ def test_read_timeouts_hold_and_unlock_gets_its_longer_one(node: Node) -> None:
 
 
 def test_cost_per_call(node: Node) -> None:
-    """What one read call costs: a fresh SSH session per call (what the fleet does),
-    against a channel on an SSH session kept open, and plain HTTP (direct mode)."""
+    """What one read call and one agent command cost: with an SSH session of their own
+    each (no job's connections), on the job's one connection (what a step chain does),
+    and a read call as plain HTTP (direct mode). Wall time, and the CPU time of this
+    process: the fleet's side (paramiko's threads too) and the simulated host's both."""
     node.api().init(PASSWORD, MNEMONIC)
     node.api().unlock(PASSWORD, CHAIN)
     rounds = 20
 
-    def per_call(make: Callable[[], NodeApi]) -> float:
-        timings = []
+    def per_call(call: Callable[[], object]) -> tuple[float, float]:
+        walls, cpus = [], []
         for _ in range(rounds):
-            began = time.perf_counter()
-            make().node_info()
-            timings.append(time.perf_counter() - began)
-        return statistics.median(timings)
+            began, began_cpu = time.perf_counter(), time.process_time()
+            call()
+            walls.append(time.perf_counter() - began)
+            cpus.append(time.process_time() - began_cpu)
+        return statistics.median(walls), statistics.median(cpus)
 
-    connection = pinned_connection(node.settings, node.host.address, node.pin)
-
-    class KeptSession:
-        origin = SshTunnel(node.settings, node.host.address, node.pin).origin
-
-        def connect(self, timeout: float) -> ChannelStream:
-            return _ChannelOnly(connection, open_api_channel(connection, 3001, timeout))
-
-    try:
+    address, pin = node.host.address, node.pin
+    with HostConnections(node.settings) as job:
+        node.api(connections=job).node_info()  # the job's connection is open
+        FabricAgent(node.settings, job).run(address, pin, "status")
         figures = {
-            "SSH session per call": per_call(node.api),
-            "channel on a kept SSH session": per_call(lambda: node.api(KeptSession())),
-            "direct HTTP": per_call(lambda: node.api(node.direct())),
+            "/nodeinfo, SSH session per call": per_call(lambda: node.api().node_info()),
+            "/nodeinfo, channel on the job's connection": per_call(
+                lambda: node.api(connections=job).node_info()
+            ),
+            "/nodeinfo, direct HTTP": per_call(lambda: node.api(node.direct()).node_info()),
+            "status, SSH session per command": per_call(
+                lambda: FabricAgent(node.settings).run(address, pin, "status")
+            ),
+            "status, on the job's connection": per_call(
+                lambda: FabricAgent(node.settings, job).run(address, pin, "status")
+            ),
         }
-    finally:
-        connection.close()
     print(
-        f"\n/nodeinfo, median of {rounds}: "
-        + ", ".join(f"{name} {seconds * 1000:.1f} ms" for name, seconds in figures.items())
+        f"\nmedian of {rounds} (wall / CPU, both ends): "
+        + ", ".join(
+            f"{name} {wall * 1000:.1f} / {cpu * 1000:.1f} ms"
+            for name, (wall, cpu) in figures.items()
+        )
     )
-    assert node.traffic.tunnelled == 2 + 2 * rounds and node.traffic.direct == rounds
-    assert figures["SSH session per call"] < 1.0
-
-
-class _ChannelOnly(ChannelStream):
-    """Closes its channel, not the SSH session under it (the kept-session figure)."""
-
-    def close(self) -> None:
-        self._channel.close()
+    assert node.traffic.tunnelled == 3 + 2 * rounds and node.traffic.direct == rounds
+    assert figures["/nodeinfo, SSH session per call"][0] < 1.0
 
 
 def test_lifecycle_in_direct_mode_sends_its_secrets_in_clear(

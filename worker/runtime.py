@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Engine, Row, func, update
 from sqlalchemy.exc import DBAPIError
 
 from jobs.ec2_errors import is_throttled
+from jobs.host import HostConnections
 from jobs.outcomes import Done, Fail, HoldNode, Outcome, Wait
 from jobs.registry import (
     Launch,
@@ -243,13 +244,17 @@ class Runtime:
             )
             return "skipped"
         result: RunResult = "skipped"
-        with LeaseKeeper(self.engine, step.id, self.worker, self.config.lease_seconds) as keeper:
+        # The chain's steps share one SSH connection per host, closed with the job.
+        with (
+            LeaseKeeper(self.engine, step.id, self.worker, self.config.lease_seconds) as keeper,
+            HostConnections(self.config) as hosts,
+        ):
             while step is not None:
-                result, step = self._run_one(step, keeper)
+                result, step = self._run_one(step, keeper, hosts)
         return result
 
     def _run_one(
-        self, node: NodeSnapshot, keeper: LeaseKeeper
+        self, node: NodeSnapshot, keeper: LeaseKeeper, hosts: HostConnections
     ) -> tuple[RunResult, NodeSnapshot | None]:
         """One step: the handler, then its outcome settled. Returns the next step when
         the settle chained to it."""
@@ -258,7 +263,8 @@ class Runtime:
         bound.debug("step started")
         started = time.perf_counter()
         try:
-            context = RunningStep(node, self.engine, self.worker, keeper, self.config, self.tools)
+            tools = self.tools.for_job(hosts)
+            context = RunningStep(node, self.engine, self.worker, keeper, self.config, tools)
             outcome = self._call_handler(context)
         except BaseException:
             # Cold shutdown (SIGTERM twice, SIGINT): hand the step back right away

@@ -94,7 +94,7 @@ def node_api(context: StepContext) -> NodeApi:
         # answers: only to the address EC2 reports for the node's own instance.
         observed_address(context)
     return NodeApi(
-        node_route(settings, context.node),
+        node_route(settings, context.node, context.tools.hosts),
         token=lambda path: route_token(private.reveal(), path, ttl_seconds=120),
         timeout=settings.node_api_timeout_seconds,
         unlock_timeout=settings.unlock_timeout_seconds,
