@@ -181,6 +181,14 @@ class Ec2Throttle:
                 if region in (None, r) and action in (None, a)
             )
 
+    def summary(self) -> dict[str, dict[str, int]]:
+        """The counters as JSON for a benchmark's details: "region Action" -> calls."""
+        with self._lock:
+            return {
+                "refused": {f"{r} {a}": n for (r, a), n in sorted(self.refused.items())},
+                "admitted": {f"{r} {a}": n for (r, a), n in sorted(self.admitted.items())},
+            }
+
     def tokens(self, region: str, kind: str, bucket: str) -> float | None:
         """Tokens left in a bucket now (kind: request or resource), None if never used."""
         with self._lock:
