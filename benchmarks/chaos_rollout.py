@@ -7,8 +7,8 @@ as `fleet rollout` does. The checks read the rows and the node history.
 - every selected node ends on the new release and where it was before (live or stopped),
   or held with its cause;
 - max-unavailable is never exceeded: from the history, the most nodes of the rollout that
-  were live before it and were not live at one moment (a node held after a failure is
-  shown apart: the rollout no longer waits for it);
+  were live before it and were not live at one moment, a node held after a failure
+  included (it is as unavailable as one being updated: the rollout leaves it its place);
 - a paused rollout begins no batch, and goes on when resumed;
 - the aborted rollout: nodes it updated stay updated (stopped if their update was under
   way), the others are untouched (same release, same state, no change in the history)."""
@@ -22,6 +22,7 @@ from datetime import datetime
 
 import psycopg
 
+from benchmarks.rollout import most_down
 from sim.cloud import SimCloud
 
 ROLLOUT_RELEASE = "0.11.0"
@@ -206,9 +207,8 @@ def rollout_checks(db_url: str, run: RolloutRun) -> list[Check]:
         ).fetchall()
         was_live = [node_id for node_id, name, *_ in chosen if run.before[name] == "live"]
         history = db.execute(
-            "SELECT node_id, event, to_state FROM node_history WHERE node_id = ANY(%s)"
-            " AND event IN ('transition', 'hold', 'release') AND at >= %s AND at <= %s"
-            " ORDER BY id",
+            "SELECT node_id, to_state, at FROM node_history WHERE node_id = ANY(%s)"
+            " AND event = 'transition' AND at >= %s AND at <= %s ORDER BY id",
             (was_live, began, ended),
         ).fetchall()
     return [check_arrived(chosen, run), check_unavailable(history, int(limit)), check_pause(run)]
@@ -246,31 +246,12 @@ def check_arrived(chosen: list[Member], run: RolloutRun) -> Check:
     )  # fmt: skip
 
 
-def most_down(history: list[tuple[int, str, str]]) -> tuple[int, int]:
-    """From the history: the most nodes not live at one moment, not counting held ones;
-    and counting them."""
-    down: set[int] = set()
-    held: set[int] = set()
-    most = most_with_held = 0
-    for node_id, event, to_state in history:
-        if event == "transition":
-            (down.add if to_state != "live" else down.discard)(node_id)
-        elif event == "hold":
-            held.add(node_id)
-        else:
-            held.discard(node_id)
-        most = max(most, len(down - held))
-        most_with_held = max(most_with_held, len(down))
-    return most, most_with_held
-
-
-def check_unavailable(history: list[tuple[int, str, str]], limit: int) -> Check:
-    most, with_held = most_down(history)
+def check_unavailable(history: list[tuple[int, str, datetime]], limit: int) -> Check:
+    most = most_down(history)
     return Check(
         "rollout: max-unavailable never exceeded (from the history)",
         0 < most <= limit,
-        f"at most {most} live nodes down at once (max-unavailable {limit}; {with_held}"
-        " counting nodes held after a failure)",
+        f"at most {most} live nodes down at once, held ones included (max-unavailable {limit})",
     )
 
 

@@ -149,7 +149,8 @@ def test_failures_beyond_the_budget_pause_and_resume_goes_on(
     turn(db_url)
     finish_updates(db_url, ids)  # the first batch's survivor is back live and healthy
     turn(db_url)
-    assert states(db_url, ids[2:]) == ["update", "update"], "then the next batch"
+    # f-0 is still held: it fills one of the two places max-unavailable leaves.
+    assert states(db_url, ids[2:]) == ["update", "live"], "then the next batch, beside f-0"
 
 
 def test_abort_leaves_updated_nodes_and_never_touches_the_rest(
@@ -226,10 +227,15 @@ def test_a_quiet_fleet_still_turns_its_rollout_every_second(
     thread.start()
     try:
         time.sleep(1.5)  # the dispatcher settles into its wait
-        began = time.monotonic()
         rollout(fleet)
         wait_until(lambda: states(db_url, [first]) == ["update"], 10, "the first batch")
-        first_batch = time.monotonic() - began
+        # From the database's clock: the CLI's own start-up is not the dispatcher's delay.
+        [(first_batch,)] = fetch(
+            db_url,
+            "SELECT extract(epoch FROM h.at - r.created_at)::float8 FROM node_history h,"
+            " rollouts r WHERE h.node_id = %s AND starts_with(h.detail, 'rollout ')",
+            first,
+        )
         time.sleep(1.5)
         as_steps_would(db_url, first, "stopped", current_version=NEW, target_version=None)
         began = time.monotonic()
@@ -240,3 +246,33 @@ def test_a_quiet_fleet_still_turns_its_rollout_every_second(
         thread.join(timeout=10)
     assert first_batch < 2.5, f"the first batch began {first_batch:.1f} s after the start"
     assert took < 2.5, f"started again {took:.1f} s after its update, not within a turn"
+
+
+def test_a_failed_node_still_down_counts_against_max_unavailable(
+    fleet: Fleet, db_url: str, logins: dict[FleetRole, str]
+) -> None:
+    """A live node held by its update is as unavailable as one being updated: the next
+    batches take only what max-unavailable leaves, and none goes while the failed fill it."""
+    ids = [place(db_url, f"u-{i}", "live") for i in range(5)]
+    rollout(fleet, "--batch", "2", "--max-unavailable", "2", "--max-failures", "3")
+    turn(db_url)
+    with psycopg.connect(db_url, autocommit=True) as owner:
+        owner.execute("UPDATE nodes SET held_at = now(), last_error = 'checksum mismatch'"
+                      " WHERE id = %s", (ids[0],))  # fmt: skip
+    as_steps_would(db_url, ids[1], "stopped", current_version=NEW, target_version=None)
+    for _ in range(6):
+        turn(db_url)
+        if "update" in states(db_url, ids[2:]):
+            break
+        finish_updates(db_url, ids)
+    assert states(db_url, ids)[2:] == ["update", "live", "live"], "one beside the held one"
+    with psycopg.connect(db_url, autocommit=True) as owner:
+        owner.execute("UPDATE nodes SET held_at = now(), last_error = 'no disk'"
+                      " WHERE id = %s", (ids[2],))  # fmt: skip
+    for _ in range(3):
+        turn(db_url)
+    assert states(db_url, ids)[3:] == ["live", "live"], "two down already: nothing more"
+    [(status, reason)] = fetch(db_url, "SELECT status, paused_reason FROM rollouts")
+    assert (status, reason) == (
+        "paused", "2 failed nodes are still down (max unavailable 2): u-0, u-2: bring them"
+        " back or release them, then resume")  # fmt: skip
