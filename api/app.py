@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy import Engine
 
-from api import ops, routes
+from api import ops, rollouts, routes
 from api.auth import TokenVerifier, verifier_for
 from api.bodylimit import BodyLimit
 from api.deps import Services
@@ -36,6 +36,7 @@ def build_app() -> FastAPI:
     install_handlers(app)
     app.include_router(ops.router)
     app.include_router(routes.router)
+    app.include_router(rollouts.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -1,7 +1,9 @@
 """The chaos run: the whole lifecycle under faults, then a check of what must hold.
 
-Nodes go new -> live -> stop -> stopped -> update -> stopped -> start -> live, and half of
-them on to destroyed, while the simulator fails a share of SSH and API calls, the harness
+Nodes go new -> live -> stop -> stopped -> update -> stopped -> start -> live, then
+through a rollout of a new release (a fifth of them stopped first; batch 10%, paused and
+resumed by hand) and a small second rollout aborted midway (chaos_rollout.py), and half
+of them on to destroyed, while the simulator fails a share of SSH and API calls, the harness
 SIGKILLs and restarts random workers, flushes Redis once and restarts Postgres (its own)
 once, and, while nodes climb to live, reboots some live hosts, crashes some daemons,
 stops some instances from outside and kills some hosts for good (chaos_health.py), with
@@ -19,7 +21,11 @@ stops some instances from outside and kills some hosts for good (chaos_health.py
 - /init was called once per node (no heal re-initialised a wallet);
 - every dead host is held as "instance gone" or "unreachable", then replaced (accepting
   the loss of its channels: it died live) and ends where it was last asked;
-- every live-node fault was healed by the watch alone (detection and heal p50/p99).
+- every live-node fault was healed by the watch alone (detection and heal p50/p99);
+- the rollout: every selected node on the new release and back where it was (live or
+  stopped), or held with its cause; max-unavailable never exceeded (from the history);
+  pause began no batch and resume went on; the aborted one left the nodes it updated
+  updated and the rest untouched.
 
     ./scripts/chaos [--nodes 200] [--workers 4] [--failure-rate 0.1] [--kill-every 8]
 """
@@ -53,6 +59,17 @@ from benchmarks.chaos_health import (
     plan_faults,
     stops_instances,
     tally,
+)
+from benchmarks.chaos_rollout import (
+    ABORT_RELEASE,
+    ROLLOUT_RELEASE,
+    STOPPED_SHARE,
+    Check,
+    abort_checks,
+    abort_midway,
+    add_releases,
+    roll,
+    rollout_checks,
 )
 from jobs.config import StepSettings
 from jobs.ec2 import NODE_ID_TAG, Ec2Cloud
@@ -93,13 +110,9 @@ class Chaos:
     updated: list[str] = field(default_factory=list)  # nodes asked to update
     phases: list[tuple[str, float]] = field(default_factory=list)  # (asked, seconds)
     dead_held: dict[str, str] = field(default_factory=dict)  # dead host's node -> its hold
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    passed: bool
-    detail: str
+    # After the update phase: each updated node's version and hold (later phases move on).
+    update_versions: list[tuple[str, str | None, bool]] = field(default_factory=list)
+    rollout: list[Check] = field(default_factory=list)  # the rollout phase's checks
 
 
 def run(plan: Plan, work: Path) -> list[Check]:
@@ -127,6 +140,7 @@ def run(plan: Plan, work: Path) -> list[Check]:
                 "FLEET_LOG_LEVEL": "DEBUG",
             }
             release(db_url)
+            add_releases(db_url, cloud)
             chaos = Chaos()
             names = [f"chaos-{i:03d}" for i in range(plan.nodes)]
             live = LiveFaults(cloud, db_url, plan_faults(names, plan.faults, rng, cloud))
@@ -267,10 +281,44 @@ def drive(
             chaos.updated = moved
             restart_postgres(services, chaos)
         timed_settle(db_url, targets, plan, chaos, asked, began, faults)
+        if asked == "update":
+            chaos.update_versions = versions_of(db_url, moved)
+    rollouts(db_url, urls, names, plan, chaos, targets)
     faults.open("destroy")
     ask(app_url, targets, names[: plan.nodes // 2], "destroy", "destroyed")
     timed_settle(db_url, targets, plan, chaos, "destroy", faults=faults)
     return targets
+
+
+def rollouts(
+    db_url: str,
+    urls: dict[str, str],
+    names: list[str],
+    plan: Plan,
+    chaos: Chaos,
+    targets: dict[str, str],
+) -> None:
+    """The rollout phase (benchmarks/chaos_rollout.py): a fifth of the nodes stopped, a
+    rollout of the fleet batch 10% (paused and resumed by hand), then a small rollout
+    aborted midway; checked before the destroy phase moves the nodes on."""
+    began = time.monotonic()
+    ask(urls["app"], targets, names[::STOPPED_SHARE], "stop", "stopped")
+    settle(db_url, targets, plan.settle_seconds)
+    run = roll(db_url, urls["operator"], targets, plan.settle_seconds)
+    timed_settle(db_url, targets, plan, chaos, f"rollout to {ROLLOUT_RELEASE}", began)
+    chaos.rollout = rollout_checks(db_url, run)
+    began = time.monotonic()
+    abort_midway(db_url, urls["operator"], targets, run, plan.settle_seconds)
+    timed_settle(db_url, targets, plan, chaos, f"aborted rollout to {ABORT_RELEASE}", began)
+    chaos.rollout += abort_checks(db_url, run)
+
+
+def versions_of(db_url: str, names: list[str]) -> list[tuple[str, str | None, bool]]:
+    with connect_retrying(db_url) as db:
+        rows = db.execute(
+            "SELECT name, current_version, held FROM nodes WHERE name = ANY(%s)", (names,)
+        ).fetchall()
+    return [(str(name), version, bool(held)) for name, version, held in rows]
 
 
 def replace_dead(operator_url: str, dead: list[str]) -> dict[str, str]:
@@ -390,13 +438,9 @@ def verify(
         ).fetchall()
         secrets = db.execute("SELECT node_id, kind, key_id, nonce, ciphertext FROM node_secrets")
         sealed = secrets.fetchall()
-        versions = db.execute(
-            "SELECT name, current_version, held FROM nodes WHERE name = ANY(%s)",
-            (chaos.updated,),
-        ).fetchall()
     checks = [
         check_states(rows, targets),
-        check_updates(versions, len(chaos.updated)),
+        check_updates(chaos.update_versions, len(chaos.updated)),
         check_one_instance_each(cloud, rows, set(chaos.dead_held)),
         check_no_orphans(env, db_url),
     ]
@@ -409,6 +453,7 @@ def verify(
     checks.append(check_no_leaks(plain, services, work))
     checks.append(check_tunnelled(cloud))
     checks.extend(check_watch(cloud, rows, targets, faults, chaos))
+    checks.extend(chaos.rollout)
     checks.append(
         Check(
             "chaos happened",

@@ -85,6 +85,9 @@ def measure(bench: Bench, sizes: MakespanSizes) -> Measurement:
         timeline = node_timeline(db_url)
         dwell = seconds_in_state(db_url)
         launches = sorted(cloud.launches.launched_at)
+        throttle = cloud.launches.throttle
+        # What EC2's buckets (AWS's sizes, sim/ec2_limits.py) refused and let through.
+        ec2_throttling = throttle.summary() if throttle is not None else None
     floor = floor_of(config, cloud.settings, sizes.nodes)
     figure = Figure(
         name=f"makespan, {sizes.nodes} nodes new -> live, {sizes.workers} workers",
@@ -105,6 +108,7 @@ def measure(bench: Bench, sizes: MakespanSizes) -> Measurement:
             "poll_seconds": config.poll_seconds,
         },
         "launches": launch_summary(launches, config),
+        "ec2_throttling": ec2_throttling,
         "seconds_in_state": dwell,
         **timeline,
     }

@@ -2,7 +2,7 @@
 same run, then one table, the measured reasons behind it (CPU per step by part, time in
 each state) and a JSON record; with --markdown, the same text as Markdown for the README.
 
-    ./scripts/bench [--quick] [--only overhead latency makespan scale watch] [--out PATH]
+    ./scripts/bench [--quick] [--only overhead latency makespan scale watch rollout] [--out PATH]
                     [--markdown PATH] [sizes]
 
 Measurements (each module's docstring says exactly how):
@@ -12,6 +12,8 @@ Measurements (each module's docstring says exactly how):
   scale     due-work query on a large fleet; one worker's memory (benchmarks.scale)
   watch     one `fleet watch` on N live nodes: CPU per probe, probes/s, detection
             latency after a reboot vs fresh SSH per call (benchmarks.watch)
+  rollout   a release across N live nodes, batch P%, vs the sum of its batches'
+            critical paths; most nodes down at once vs max-unavailable (benchmarks.rollout)
 
 Every size has a full and a --quick default (the quick run takes about 9 minutes on
 2 shared cores, the full one about 45, the watch alone 3 to 5 of them); a size given on
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import latency, makespan, overhead, scale, watch
+from benchmarks import latency, makespan, overhead, rollout, scale, watch
 from benchmarks.harness import Bench, bench_services
 from benchmarks.report import (
     Measurement,
@@ -68,10 +70,15 @@ SIZES: dict[str, Size] = {
     "watch_windows": Size(2, 1, "watch: steady-state intervals measured"),
     "watch_reboots": Size(50, 20, "watch: hosts rebooted (detection latency)"),
     "watch_reference_probes": Size(100, 50, "watch: probes of the reference (fresh SSH)"),
+    "rollout_nodes": Size(300, 30, "rollout: live nodes rolled to a new release"),
+    "rollout_batch_percent": Size(10, 10, "rollout: batch, percent of the nodes"),
+    "rollout_workers": Size(4, 4, "rollout: worker processes"),
+    "rollout_watch_interval": Size(2, 2, "rollout: seconds between two probes of a node"),
 }
 INTEGER_SIZES = {"nodes", "workers", "rounds", "latency_rows", "makespan_nodes",
                  "makespan_workers", "scale_rows", "query_runs", "rss_steps", "watch_nodes",
-                 "watch_windows", "watch_reboots", "watch_reference_probes"}  # fmt: skip
+                 "watch_windows", "watch_reboots", "watch_reference_probes", "rollout_nodes",
+                 "rollout_batch_percent", "rollout_workers"}  # fmt: skip
 
 
 def _overhead(bench: Bench, s: dict[str, Any]) -> Measurement:
@@ -100,12 +107,20 @@ def _watch(bench: Bench, s: dict[str, Any]) -> Measurement:
     return watch.measure(bench, sizes)
 
 
+def _rollout(bench: Bench, s: dict[str, Any]) -> Measurement:
+    sizes = rollout.RolloutSizes(s["rollout_nodes"], s["rollout_batch_percent"],
+                                 s["rollout_workers"], s["rollout_watch_interval"],
+                                 s["boot_seconds"])  # fmt: skip
+    return rollout.measure(bench, sizes)
+
+
 MEASUREMENTS: dict[str, Callable[[Bench, dict[str, Any]], Measurement]] = {
     "overhead": _overhead,
     "latency": _latency,
     "makespan": _makespan,
     "scale": _scale,
     "watch": _watch,
+    "rollout": _rollout,
 }
 
 

@@ -93,6 +93,9 @@ def measure(bench: Bench, sizes: WatchSizes) -> Measurement:
         with processes(bench, "watch") as started:
             details = watch_run(bench, db_url, config, cloud, nodes, sizes, started)
     details |= {"sizes": asdict(sizes), "setup_seconds": round(setup_seconds, 1)}
+    # What EC2's buckets (AWS's sizes, sim/ec2_limits.py) refused of the watch's describes.
+    throttle = cloud.launches.throttle
+    details["ec2_throttling"] = throttle.summary() if throttle is not None else None
     return Measurement("watch", figures(sizes, details), details)
 
 

@@ -347,6 +347,11 @@ class UnknownRegion(LookupError):
         super().__init__(f"region {region!r} has no launch configuration (FLEET_REGIONS)")
 
 
+# Standard retry mode, not adaptive: the AWS SDKs' reference ("Retry behavior") recommends
+# standard and keeps adaptive for specialised uses; adaptive's client-side rate limiter is
+# per process and client (it cannot pace a fleet of workers), and the fleet paces launches
+# itself (launch_budget). Standard retries RequestLimitExceeded with
+# jittered exponential backoff; `max_attempts` here counts retries after the first.
 @cache
 def _ec2_client(region: str, endpoint_url: str | None, max_attempts: int, timeout: float) -> Any:
     config = Config(

@@ -8,7 +8,7 @@ from typing import Literal
 
 from botocore.exceptions import ClientError
 
-Ec2ErrorKind = Literal["capacity", "quota", "permanent", "gone"]
+Ec2ErrorKind = Literal["capacity", "quota", "permanent", "gone", "throttled"]
 
 # The region has no room for this type right now: it passes on its own.
 CAPACITY = frozenset({
@@ -29,8 +29,14 @@ PERMANENT = frozenset({
 # The instance is not there: terminated long enough ago that EC2 forgot it.
 GONE = frozenset({"InvalidInstanceID.NotFound"})
 
+# EC2's token bucket for the call was empty ("Request throttling for the Amazon EC2 API"):
+# botocore's standard retries backed off and retried it already; one still refused passes
+# once the bucket refills, so the step waits and runs again, never held for it.
+THROTTLED = frozenset({"RequestLimitExceeded"})
+
 KINDS: tuple[tuple[frozenset[str], Ec2ErrorKind], ...] = (
     (CAPACITY, "capacity"), (QUOTA, "quota"), (PERMANENT, "permanent"), (GONE, "gone"),
+    (THROTTLED, "throttled"),
 )  # fmt: skip
 
 
@@ -42,6 +48,12 @@ class Ec2Error:
 
     def __str__(self) -> str:
         return f"EC2 {self.code}: {self.message}"
+
+
+def is_throttled(exc: BaseException) -> bool:
+    """EC2 still refused the call for its rate after botocore's retries."""
+    error = classify(exc)
+    return error is not None and error.kind == "throttled"
 
 
 def classify(exc: BaseException) -> Ec2Error | None:

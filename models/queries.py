@@ -70,6 +70,8 @@ QueryName = Literal[
     "start_rollout",
     "steer_rollout",
     "rollout_progress",
+    "rollout_failures",
+    "rollouts_running",
     "request_wallet_reinit",
     "open_wallet_reinit",
     "wallet_reinit_progress",

@@ -25,6 +25,25 @@ BATCH = re.compile(r"^(?P<count>[1-9][0-9]{0,5})(?P<percent>%?)$")
 Action = Literal["pause", "resume", "abort"]
 
 
+class RolloutRefused(BadInput):
+    """A refusal of fleet_start_rollout / fleet_steer_rollout, with its SQLSTATE (FL030
+    not allowed, FL031 no such release, FL032 no node chosen, FL033 no such rollout, FL034
+    finished already, FL035 unknown action), so that the API can answer each clearly."""
+
+    def __init__(self, message: str, sqlstate: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+@dataclass(frozen=True)
+class Failure:
+    node_id: int
+    name: str
+    batch: int | None
+    error: str
+    at: datetime
+
+
 @dataclass(frozen=True)
 class Selection:
     state: str | None = None
@@ -52,6 +71,9 @@ class RolloutProgress:
     max_unavailable: int
     max_failures: int
     batches_started: int
+    where_state: str | None
+    where_region: str | None
+    where_owner: str | None
     nodes: int
     pending: int
     updating: int
@@ -125,6 +147,12 @@ def progress(
     return [RolloutProgress.of(row) for row in rows]
 
 
+def failures(connection: Connection | Session, rollout: int, limit: int = 100) -> list[Failure]:
+    """The rollout's failed nodes, the first first, with their causes."""
+    rows = connection.execute(query("rollout_failures"), {"rollout": rollout, "limit": limit})
+    return [Failure(row.node_id, row.name, row.batch, row.error or "", row.at) for row in rows]
+
+
 def _answer(session: Session, name: QueryName, params: Mapping[str, object]) -> Any:
     """The function's one answer; its refusals as one line of bad input."""
     try:
@@ -132,4 +160,4 @@ def _answer(session: Session, name: QueryName, params: Mapping[str, object]) -> 
     except DBAPIError as exc:
         if (message := refusal(exc, ROLLOUT_REFUSED)) is None:
             raise
-        raise BadInput(message) from None
+        raise RolloutRefused(message, str(getattr(exc.orig, "sqlstate", ""))) from None

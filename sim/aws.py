@@ -1,10 +1,12 @@
 """EC2 and S3 from moto in server mode, on loopback, made to keep EC2's promises the fleet
 relies on (ClientToken idempotency; no crash under concurrent calls; a terminated instance
-forgotten after a while), with a throttling knob: a share of RunInstances calls is
-answered `RequestLimitExceeded` as AWS does under load. Every RunInstances is logged
-(when, which subnet, what it got), so tests can check the fleet's launch rate limit and
-which subnets it tried. RunInstances launches MaxCount instances (moto alone launches
-MinCount), each with its AmiLaunchIndex, or fewer with the partial fulfilment knob."""
+forgotten after a while), with EC2's documented throttling when LaunchLog.throttle is set
+(token buckets per region and action, sim/ec2_limits.py), and a throttling knob besides: a
+share of RunInstances calls is answered `RequestLimitExceeded` as AWS does under load.
+Every RunInstances is logged (when, which subnet, what it got), so tests can check the
+fleet's launch rate limit and which subnets it tried. RunInstances launches
+MaxCount instances (moto alone launches MinCount), each with its AmiLaunchIndex, or fewer
+with the partial fulfilment knob."""
 
 import random
 import threading
@@ -24,6 +26,8 @@ from moto.moto_server.werkzeug_app import (
     create_backend_app,
 )
 from werkzeug.serving import BaseWSGIServer, make_server
+
+from sim.ec2_limits import Ec2Throttle, credential_scope
 
 # EC2 filters instances by the ClientToken of their launch; moto keeps the token on each
 # instance (Ec2Front passes it through) but does not offer the filter.
@@ -46,6 +50,11 @@ THROTTLED_BODY = (
     b"<Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message>"
     b"</Error></Errors><RequestID>sim-throttle</RequestID></Response>"
 )
+
+
+# The simulator's own EC2 client (its watch of the instances, the tests' look-ups) signs
+# with this key id: its calls stand for no one's and take no tokens from the buckets.
+INSPECTOR_KEY_ID = "sim-inspector"
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,9 @@ class LaunchLog:
     throttled: int = 0
     replayed: int = 0  # RunInstances answered from an earlier call's ClientToken
     rng: random.Random = field(default_factory=random.Random)
+    # EC2's request and resource token buckets (None: unlimited, as moto). Its counters
+    # say which calls were answered RequestLimitExceeded, per region and action.
+    throttle: Ec2Throttle | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def most_in_any_window(self, seconds: float) -> int:
@@ -102,6 +114,11 @@ class Answer:
     status: str
     headers: list[tuple[str, str]]
     body: list[bytes]
+
+
+def throttled_answer() -> Answer:
+    """EC2's answer over a limit: HTTP 503 with the RequestLimitExceeded error."""
+    return Answer("503 Service Unavailable", [("Content-Type", "text/xml")], [THROTTLED_BODY])
 
 
 class Ec2Front:
@@ -132,13 +149,35 @@ class Ec2Front:
         environ["wsgi.input"] = BytesIO(body)
         form = parse_qs(body.decode(errors="replace"))
         action = form.get("Action", [""])[0]
-        if action == "RunInstances":
+        if (refused := self._over_limit(environ, action, form)) is not None:
+            answer = refused
+        elif action == "RunInstances":
             answer = self._delayed_launch(environ, form)
         else:
             with self._moto:
                 answer = self._forgetful(action, form, environ)
         start_response(answer.status, answer.headers)
         return answer.body
+
+    def _over_limit(
+        self, environ: dict[str, Any], action: str, form: dict[str, list[str]]
+    ) -> Answer | None:
+        """EC2's throttling answer if the call's token bucket is empty, else None. The
+        simulator's own look-ups (signed with INSPECTOR_KEY_ID) are never throttled."""
+        throttle = self.log.throttle
+        scope = credential_scope(environ.get("HTTP_AUTHORIZATION", ""))
+        if throttle is None or scope is None or not action:
+            return None
+        key_id, region, service = scope
+        if service != "ec2" or key_id == INSPECTOR_KEY_ID or throttle.admit(region, action, form):
+            return None
+        if action == "RunInstances":
+            token = form.get("ClientToken", [""])[0]
+            subnet = form.get("SubnetId", [None])[0]
+            with self.log.lock:
+                self.log.throttled += 1
+                self.log.calls.append(LaunchCall(time.monotonic(), subnet, token, "throttled"))
+        return throttled_answer()
 
     def _forgetful(
         self, action: str, form: dict[str, list[str]], environ: dict[str, Any]
@@ -286,6 +325,7 @@ def _without_instances(answer: Answer, gone: set[str]) -> Answer:
 class MotoServer:
     # Any keys do: this moto checks no signature and no policy.
     credentials = ("sim", "sim")
+    inspector_credentials = (INSPECTOR_KEY_ID, "sim")
 
     def __init__(self, host: str, port: int, log: LaunchLog) -> None:
         self._front = Ec2Front(DomainDispatcherApplication(create_backend_app), log)

@@ -19,6 +19,7 @@ import asyncssh
 import boto3
 
 from sim.aws import LaunchLog, MotoServer
+from sim.ec2_limits import Ec2Limits, Ec2Throttle
 from sim.host import HostFaults, HostPorts, SimHost
 from sim.iam_aws import EnforcingMotoServer
 from sim.rln_daemon import NETWORKS, ApiTraffic, ChainWorld, SimBitcoind
@@ -86,6 +87,9 @@ class SimSettings:
     image_wallet_format: int = 1  # the wallet format of the image's release
     poll_seconds: float = 0.2
     throttle_rate: float = 0.0
+    # EC2's documented API throttling (sim/ec2_limits.py), AWS's numbers unless a test
+    # sets others; None: unlimited, as moto.
+    ec2_limits: Ec2Limits | None = field(default_factory=Ec2Limits)
     launch_delay_seconds: float = 0.0  # every RunInstances in flight this long
     # A terminated instance is forgotten this long after its termination (EC2: about an
     # hour; None: never, as moto).
@@ -103,6 +107,7 @@ class SimCloud:
             throttle_rate=settings.throttle_rate,
             launch_delay_seconds=settings.launch_delay_seconds,
             forget_terminated_seconds=settings.forget_terminated_seconds,
+            throttle=None if settings.ec2_limits is None else Ec2Throttle(settings.ec2_limits),
         )
         self.moto: MotoServer | EnforcingMotoServer = aws or MotoServer(
             "127.0.0.1", settings.moto_port, launches
@@ -123,7 +128,8 @@ class SimCloud:
         return self.moto.url
 
     def client(self, service: str, credentials: tuple[str, str] | None = None) -> Any:
-        key_id, secret = credentials or self.moto.credentials
+        # The simulator's and the tests' own look-ups take no tokens from EC2's buckets.
+        key_id, secret = credentials or self.moto.inspector_credentials
         return boto3.client(
             service,
             region_name=self.settings.region,

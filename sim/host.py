@@ -106,6 +106,11 @@ class SimHost:
         self.commands: list[str] = []
         self._handshakes_before_boot = 0  # of the SSH servers of earlier boots
 
+    @property
+    def ssh_server(self) -> SimSSHHost | None:
+        """The SSH server of this boot (None while the host is off)."""
+        return self._ssh
+
     # --- the machine -------------------------------------------------------------
     async def boot(self) -> None:
         self._ssh = await start_ssh_server(

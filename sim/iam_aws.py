@@ -37,6 +37,7 @@ class EnforcingMotoServer:
         self.port = port
         self.log = LaunchLog()  # stays empty: the launches are counted in the child
         self.credentials = ("", "")
+        self.inspector_credentials = ("", "")  # the admin's (this moto throttles nothing)
         self._child: subprocess.Popen[str] | None = None
 
     @property
@@ -53,7 +54,7 @@ class EnforcingMotoServer:
         assert self._child.stdout is not None
         if self._child.stdout.readline().strip() != "serving":
             raise RuntimeError("the IAM-enforcing moto did not start")
-        self.credentials = self._make_admin()
+        self.credentials = self.inspector_credentials = self._make_admin()
         self._post("/moto-api/reset-auth", b"0")  # from now on, every request is checked
 
     def stop(self) -> None:

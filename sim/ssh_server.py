@@ -163,6 +163,7 @@ class _AuthServer(asyncssh.SSHServer):
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                 f"forwarding to {dest_host}:{dest_port} is not permitted",
             )
+        self._host.forwards_opened += 1
         return _forward_from_host(self._host.host, dest_port)
 
 
@@ -199,9 +200,11 @@ class SimSSHHost:
         # Ports on the host's own address a client may reach as 127.0.0.1 / localhost.
         self.forward_ports = frozenset(forward_ports)
         self.connections: set[asyncssh.SSHServerConnection] = set()
-        # Every SSH connection a client opened (each one a key exchange): what the fleet's
-        # round trips per node are counted in (tests/test_round_trips.py).
+        # Every SSH connection a client opened (each one a key exchange) and every
+        # direct-tcpip channel to the host's loopback: what the fleet's round trips per
+        # node (tests/test_round_trips.py) and the watch's kept channels are counted in.
         self.handshakes = 0
+        self.forwards_opened = 0
         self._acceptor: asyncssh.SSHAcceptor | None = None
 
     @property

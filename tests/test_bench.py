@@ -103,3 +103,26 @@ def test_watch_bench_runs_and_reports(services: Services, tmp_path: Path) -> Non
     assert watch["statuses_after_steady"] == {"ok": 4}
     assert "fresh paramiko SSH per API call" in printed
     assert "./scripts/bench --only watch" in markdown
+
+
+ROLLOUT_TINY = [
+    "--only", "rollout", "--rollout-nodes", "4", "--rollout-batch-percent", "50",
+    "--rollout-workers", "2", "--rollout-watch-interval", "1", "--boot-seconds", "2",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(BENCH_TIMEOUT_SECONDS + 20)
+def test_rollout_bench_runs_and_reports(services: Services, tmp_path: Path) -> None:
+    record, markdown, printed = run_bench(services, tmp_path, ROLLOUT_TINY)
+
+    assert {f["measurement"] for f in record["figures"]} == {"rollout"}
+    [timed, down] = record["figures"]
+    assert timed["name"].startswith("rollout, 4 live nodes, batch 50%"), timed
+    assert timed["reference"] > 0 and timed["ratio"] > 0
+    rollout = record["details"]["rollout"]
+    assert (rollout["batches"], rollout["batch_size"], rollout["max_unavailable"]) == (2, 2, 2)
+    assert len(rollout["slowest_step_path_per_batch_seconds"]) == 2
+    # Never more nodes down than max-unavailable, from the history (and some were down).
+    assert down["value"] == 2 and down["verdict"] == "met", down
+    assert "./scripts/bench --only rollout" in markdown and "floor" in printed

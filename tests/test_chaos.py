@@ -1,7 +1,8 @@
 """The chaos run, small: the whole lifecycle while workers are SIGKILLed, Redis is flushed,
 Postgres crashes, live hosts reboot, daemons crash, instances are stopped from outside and
-hosts die, with SSH and API failures injected and the health watch running
-(benchmarks/chaos.py; ./scripts/chaos runs the full size)."""
+hosts die, with SSH and API failures injected and the health watch running, then a rollout
+(paused and resumed) and a second one aborted midway (benchmarks/chaos.py; ./scripts/chaos
+runs the full size)."""
 
 from pathlib import Path
 
@@ -27,5 +28,5 @@ def test_the_fleet_survives_chaos(tmp_path: Path) -> None:
     checks = run(plan, tmp_path)
     report = "\n".join(f"[{'PASS' if c.passed else 'FAIL'}] {c.name}: {c.detail}" for c in checks)
     print(report)
-    assert len(checks) == 12, report
+    assert len(checks) == 16, report
     assert all(c.passed for c in checks), report

@@ -147,5 +147,5 @@ def test_the_kinds_are_read_from_the_error_code() -> None:
         "InstanceLimitExceeded": "quota",
         "IdempotentParameterMismatch": "permanent",
         "InvalidInstanceID.NotFound": "gone",
-        "RequestLimitExceeded": None,  # botocore's retries handle throttling
+        "RequestLimitExceeded": "throttled",  # retried by botocore, then a Wait
     }

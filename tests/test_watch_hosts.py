@@ -91,6 +91,87 @@ def test_the_first_probe_after_a_reboot_finds_the_node_locked(tmp_path: Path) ->
         sim.close()
 
 
+def test_probes_of_a_node_reuse_its_ssh_connection_and_its_api_channel(tmp_path: Path) -> None:
+    """A new direct-tcpip channel per probe (open, confirm, a TCP connect on the host, EOF
+    and close both ways) cost the watch about as much CPU as the two API calls: the
+    channel is kept between probes (HTTP/1.1 keep-alive), as the SSH connection is."""
+    sim, host, node, tokens = _one_live_host(tmp_path)
+
+    async def five_probes() -> list[str]:
+        hosts = HostConnections("fleet", SSH_PORT, str(tmp_path / "key"), API_PORT)
+        tools = ProbeTools(hosts, cast(Cloud, _NoCloud()), tokens, timeout=10.0, chain_stall=None)
+        try:
+            return [(await probe(node, ChainMemory(None, None), tools, datetime.now(UTC))).status
+                    for _ in range(5)]  # fmt: skip
+        finally:
+            await hosts.close()
+
+    try:
+        assert asyncio.run(five_probes()) == ["ok"] * 5
+        server = host.ssh_server
+        assert server is not None
+        assert (server.handshakes, server.forwards_opened) == (1, 1)
+        assert host.traffic.tunnelled == 10  # both calls of every probe reached the daemon
+    finally:
+        sim.run(host.power_off())
+        sim.close()
+
+
+def test_a_kept_api_channel_the_daemon_closed_is_opened_again(tmp_path: Path) -> None:
+    """The daemon restarts between two probes (its idle HTTP connections close) and the
+    watch's loop is busy meanwhile, so it has not seen the channel end: the probe finds
+    the kept channel dead and asks again on a new one, on the same SSH connection, rather
+    than call the node unreachable or drop its SSH connection."""
+    sim, host, node, tokens = _one_live_host(tmp_path)
+
+    async def restarted_between() -> list[str]:
+        hosts = HostConnections("fleet", SSH_PORT, str(tmp_path / "key"), API_PORT)
+        tools = ProbeTools(hosts, cast(Cloud, _NoCloud()), tokens, timeout=10.0, chain_stall=None)
+        memory = ChainMemory(None, None)
+        try:
+            before = await probe(node, memory, tools, datetime.now(UTC))
+            sim.run(_restart_unlocked(host))  # blocks this loop: the EOF is not seen yet
+            after = await probe(node, memory, tools, datetime.now(UTC))
+            again = await probe(node, memory, tools, datetime.now(UTC))
+            return [before.status, after.status, again.status]
+        finally:
+            await hosts.close()
+
+    try:
+        assert asyncio.run(restarted_between()) == ["ok", "ok", "ok"]
+        server = host.ssh_server
+        assert server is not None
+        assert (server.handshakes, server.forwards_opened) == (1, 2)
+    finally:
+        sim.run(host.power_off())
+        sim.close()
+
+
+def _one_live_host(tmp_path: Path) -> tuple[Loop, SimHost, WatchedNode, ProbeTokens]:
+    client_key = asyncssh.generate_private_key("ssh-ed25519")
+    client_key.write_private_key(str(tmp_path / "key"))
+    root = new_root_key()
+    address = f"127.{random.randint(100, 250)}.{random.randint(0, 250)}.{random.randint(2, 250)}"
+    sim = Loop()  # the host's side, in its own thread
+    host = SimHost(address, HostPorts(SSH_PORT, API_PORT), "regtest", "0.9.0",
+                   client_key.convert_to_public(), fetch=_no_fetch, upload=_no_upload,
+                   unlock_seconds=0.0, disk_root=tmp_path / "disk")  # fmt: skip
+    sim.run(_live(host, root.public_hex))
+    assert host.daemon is not None
+    node = WatchedNode(1, "n", "eu-west-1", "regtest", None, address,
+                       public_key_text(host.host_key), host.daemon.node_pubkey)  # fmt: skip
+    tokens = ProbeTokens()
+    tokens.set_key(1, Secret(root.private_hex))
+    return sim, host, node, tokens
+
+
+async def _restart_unlocked(host: SimHost) -> None:
+    await host.stop()
+    await host.start()
+    assert host.daemon is not None
+    await host.daemon._change_state(0.0, unlocked=True)
+
+
 async def _live(host: SimHost, root_public_hex: str) -> None:
     await host.boot()
     await host.set_root_key(root_public_hex)

@@ -4,6 +4,7 @@ most `watch_concurrency` probes in flight, so a slow host holds up nobody but it
 Results are written in batches; a heal or a hold is written at once, with its probe."""
 
 import asyncio
+import heapq
 import math
 import random
 import time
@@ -45,6 +46,10 @@ class Watch:
         self.limits = Limits(timedelta(seconds=settings.watch_unreachable_hold_seconds))
         self.nodes: dict[int, LiveNode] = {}
         self.due_at: dict[int, float] = {}  # monotonic time of each node's next probe
+        # The same times in a heap, so that a tick looks only at the nodes due (a scan of
+        # every node 20 times a second cost 0.2 ms of CPU per probe); an entry whose time
+        # is no longer the node's in due_at is stale and skipped.
+        self._due_heap: list[tuple[float, int]] = []
         self.seen: dict[int, Seen] = {}
         self.chain: dict[int, ChainMemory] = {}
         self.pending: list[ProbeResult] = []
@@ -88,7 +93,7 @@ class Watch:
             if node.root_key is not None:
                 self.tools.tokens.set_key(node_id, node.root_key)
             if node_id not in self.due_at:  # new here: somewhere within the next interval
-                self.due_at[node_id] = now + random.uniform(0, interval)
+                self.schedule(node_id, now + random.uniform(0, interval))
                 if node.seen is not None:
                     self.seen[node_id] = node.seen
                 self.chain[node_id] = node.chain
@@ -103,14 +108,27 @@ class Watch:
         self.tools.tokens.keep_only(ids | self.in_flight)
         self._export(now)
 
+    def schedule(self, node_id: int, due: float) -> None:
+        self.due_at[node_id] = due
+        heapq.heappush(self._due_heap, (due, node_id))
+
     def _start_due(self, now: float) -> None:
-        for node_id, due in list(self.due_at.items()):
-            if due <= now and node_id not in self.in_flight and node_id in self.nodes:
-                self.due_at[node_id] = next_due(due, now, self.settings.watch_interval_seconds)
-                self.in_flight.add(node_id)
-                task = asyncio.create_task(self._probe_one(self.nodes[node_id]))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+        waiting: list[tuple[float, int]] = []  # due, but in flight or out of live for now
+        heap = self._due_heap
+        while heap and heap[0][0] <= now:
+            due, node_id = heapq.heappop(heap)
+            if self.due_at.get(node_id) != due:
+                continue  # stale: gone, or scheduled again since
+            if node_id in self.in_flight or node_id not in self.nodes:
+                waiting.append((due, node_id))
+                continue
+            self.schedule(node_id, next_due(due, now, self.settings.watch_interval_seconds))
+            self.in_flight.add(node_id)
+            task = asyncio.create_task(self._probe_one(self.nodes[node_id]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        for entry in waiting:  # looked at again next tick, as before
+            heapq.heappush(heap, entry)
 
     async def _probe_one(self, live: LiveNode) -> None:
         node_id = live.node.id

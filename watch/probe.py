@@ -86,7 +86,7 @@ async def _through_ssh(
     connection = await tools.hosts.get(node.id, target)
     try:
         tokens = [tools.tokens.for_route(node.id, path) for path in PROBE_PATHS]
-        info, network = await tools.hosts.api_get(connection, PROBE_PATHS, tokens)
+        info, network = await tools.hosts.api_get(node.id, connection, PROBE_PATHS, tokens)
     except ApiClosed as closed:
         status = await tools.hosts.agent_status(connection)
         if not status.running:

@@ -45,11 +45,23 @@ class WatchStore:
     def __init__(self, engine: Engine, ring: KeyRing) -> None:
         self._engine = engine
         self._ring = ring
+        # Each node's row at the last refresh and what was made of it: most rows come
+        # back unchanged every few seconds, and opening the key and building the
+        # dataclasses again cost some 25 us a row (0.15 ms of CPU per probe at 6
+        # refreshes per interval).
+        self._made: dict[int, tuple[tuple[Any, ...], LiveNode]] = {}
 
     def live_nodes(self) -> list[LiveNode]:
         with self._engine.connect() as connection:
             rows = connection.execute(query("watch_nodes")).all()
-        return [self._live(row) for row in rows]
+        made: dict[int, tuple[tuple[Any, ...], LiveNode]] = {}
+        for row in rows:
+            values = tuple(row)
+            before = self._made.get(row.id)
+            live = before[1] if before is not None and before[0] == values else self._live(row)
+            made[row.id] = (values, live)
+        self._made = made
+        return [live for _, live in made.values()]
 
     def record(self, results: list[ProbeResult]) -> None:
         if not results:

@@ -61,6 +61,9 @@ class Dispatcher:
         self.engine: Engine = engine_for(config.database_url, self.name)
         self._gauges_at = 0.0
         self._rollouts_at = -math.inf
+        # A rollout is running: wake for its turn even when nothing notifies (a node that
+        # reaches stopped or live, the watch's probe) instead of at the next sweep.
+        self._rolling = False
         self._pause_regions: set[str] = set()
         self.steps = StepQueue(
             redis,
@@ -118,12 +121,14 @@ class Dispatcher:
 
     def _drive_rollouts(self) -> None:
         """One turn of every running rollout (fleet_advance_rollouts), once a second."""
-        if time.monotonic() - self._rollouts_at < ROLLOUT_TURN_SECONDS:
+        # A sweep a turn apart may come a hair early: it still turns.
+        if time.monotonic() - self._rollouts_at < ROLLOUT_TURN_SECONDS - MIN_SWEEP_GAP_SECONDS:
             return
         self._rollouts_at = time.monotonic()
         try:
             with self.engine.begin() as connection:
                 moved = connection.execute(query("advance_rollouts")).scalar_one()
+                self._rolling = bool(connection.execute(query("rollouts_running")).scalar_one())
         except DBAPIError as exc:
             # A login that may not drive rollouts (no grant, not the dispatcher's role) must
             # not stop dispatching; anything else (a lost connection) is the loop's to handle.
@@ -211,7 +216,8 @@ class Dispatcher:
             notified = _wait_for_notice(listener, block)
 
     def _pause(self) -> float:
-        return min(self.config.sweep_interval_seconds, self.seconds_until_next_due())
+        pause = min(self.config.sweep_interval_seconds, self.seconds_until_next_due())
+        return min(pause, ROLLOUT_TURN_SECONDS) if self._rolling else pause
 
 
 def _wait_for_notice(listener: psycopg.Connection, timeout: float) -> bool:

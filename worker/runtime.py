@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Engine, Row, func, update
 from sqlalchemy.exc import DBAPIError
 
 from jobs.ec2 import client_token
+from jobs.ec2_errors import is_throttled
 from jobs.host import HostConnections
 from jobs.outcomes import Done, Fail, HoldNode, Outcome, Wait
 from jobs.registry import (
@@ -407,7 +408,16 @@ class Runtime:
         except (HoldNode, secrets.SecretError) as exc:
             return Fail(str(exc), hold=True)
         except Exception as exc:  # noqa: BLE001  # any failure of a step is an outcome
+            if is_throttled(exc):
+                return self._throttled(exc)
             return Fail(one_line_error(exc))
+
+    def _throttled(self, exc: Exception) -> Wait:
+        """EC2 throttled the step's call past botocore's own retries: run it again once
+        the token bucket had time to refill. Not an attempt, never held: the node is
+        fine, the account's request rate is not (jittered, so waiting steps spread out)."""
+        seconds = self.config.backoff_base_seconds * random.uniform(1.0, 2.0)
+        return Wait(seconds, f"EC2 throttled: {one_line_error(exc)}", limited=False)
 
     def _finish(self, node: NodeSnapshot) -> tuple[RunResult, NodeSnapshot | None]:
         """Advance the node; chain to its next step unless the worker is stopping."""

@@ -82,7 +82,9 @@ def _refused(
     context: StepContext, exc: ClientError, token: str, refusals: list[int], slot: int
 ) -> Outcome:
     error = classify(exc)
-    if error is None or error.kind == "gone":
+    # Throttled: EC2 made nothing; the runtime makes the step wait and run again, which
+    # repeats this launch with the same token in the same subnet.
+    if error is None or error.kind in ("gone", "throttled"):
         raise exc
     if error.kind == "permanent":
         raise HoldNode(f"launch refused: {error}")

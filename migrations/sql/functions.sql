@@ -444,6 +444,8 @@ BEGIN
                                                        greatest(ceil(chosen * batch_percent / 100.0)::integer, 1))
         WHERE id = made;
     END IF;
+    -- Wake the dispatcher for its first batch now, not at its next sweep.
+    PERFORM pg_notify('fleet_due', 'rollout ' || made);
     RETURN made;
 END
 $$;
@@ -478,6 +480,7 @@ BEGIN
             failures_resumed = (SELECT count(*) FROM rollout_nodes
                                 WHERE rollout_id = rollout AND phase = 'failed')
         WHERE id = rollout;
+        PERFORM pg_notify('fleet_due', 'rollout ' || rollout);
     ELSIF action = 'abort' THEN
         UPDATE rollout_nodes SET phase = 'skipped', phase_at = now(),
                error = CASE phase WHEN 'pending' THEN 'rollout aborted: not touched'
@@ -571,19 +574,36 @@ $$;
 
 -- The next batch of a rollout: its pending nodes, in id order, as many as the batch and
 -- max_unavailable allow; each asked for update now (or skipped, when it is no longer live
--- or stopped and unheld). Part of fleet_advance_rollouts.
+-- or stopped and unheld). A failed node that was live and is still not serving is as
+-- unavailable as one being updated: it takes its place in max_unavailable, and while the
+-- failed fill it the rollout pauses, naming them. Part of fleet_advance_rollouts.
 CREATE OR REPLACE FUNCTION fleet_begin_rollout_batch(r rollouts) RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     member record;
     moved integer := 0;
     number integer := r.batches_started + 1;
+    down integer;
+    down_names text;
 BEGIN
+    SELECT count(*), string_agg(n.name, ', ' ORDER BY n.id) INTO down, down_names
+    FROM rollout_nodes rn JOIN nodes n ON n.id = rn.node_id
+    WHERE rn.rollout_id = r.id AND rn.phase = 'failed' AND rn.was_state = 'live'
+      AND (n.held OR n.state <> 'live');
+    IF down >= r.max_unavailable THEN
+        UPDATE rollouts
+        SET status = 'paused', updated_at = now(),
+            paused_reason = left(format('%s failed nodes are still down (max unavailable %s): %s:'
+                                        ' bring them back or release them, then resume',
+                                        down, r.max_unavailable, down_names), 1000)
+        WHERE id = r.id;
+        RETURN 0;
+    END IF;
     FOR member IN
         SELECT rn.node_id, n.name, n.state, n.held FROM rollout_nodes rn
         JOIN nodes n ON n.id = rn.node_id
         WHERE rn.rollout_id = r.id AND rn.phase = 'pending'
-        ORDER BY rn.node_id LIMIT least(r.batch_size, r.max_unavailable)
+        ORDER BY rn.node_id LIMIT least(r.batch_size, r.max_unavailable - down)
         FOR UPDATE OF n
     LOOP
         IF member.held OR member.state NOT IN ('live', 'stopped') THEN
