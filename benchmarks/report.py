@@ -133,10 +133,20 @@ def where_it_went(details: dict[str, Any]) -> list[str]:
         lines.append(f"due query: plan {plan} ({', '.join(query['indexes'])});"
                      f" server execution {server} ms (EXPLAIN ANALYZE)")  # fmt: skip
     lines += _watch_lines(details.get("watch", {}))
-    stays = details.get("makespan", {}).get("seconds_in_state")
-    if stays:
-        shown = ", ".join(f"{state} {s['p50']:g}/{s['max']:g}" for state, s in stays.items())
-        lines.append(f"makespan, seconds in state (p50/max): {shown}")
+    for name, measured in sorted(details.items()):
+        if name.startswith("makespan"):
+            lines += _makespan_lines(name, measured)
+    return lines
+
+
+def _makespan_lines(name: str, makespan: dict[str, Any]) -> list[str]:
+    """Per run of a makespan: where its nodes waited, and what RunInstances it made."""
+    lines = []
+    for label, run in makespan.get("runs", {}).items():
+        stays = ", ".join(f"{state} {s['p50']:g}/{s['max']:g}"
+                          for state, s in run["seconds_in_state"].items())  # fmt: skip
+        calls = ", ".join(f"{k} {v}" for k, v in sorted(run["run_instances_calls"].items()))
+        lines.append(f"{name} {label}: seconds in state (p50/max) {stays}; RunInstances {calls}")
     return lines
 
 

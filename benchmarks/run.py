@@ -59,7 +59,10 @@ SIZES: dict[str, Size] = {
     "latency_rows": Size(500, 100, "latency: rows moved into a work state"),
     "latency_interval_ms": Size(50, 50, "latency: time between two rows' UPDATEs"),
     "makespan_nodes": Size(300, 30, "makespan: nodes new -> live"),
+    "makespan_large_nodes": Size(1000, 0, "makespan: a second, larger fleet (0: none)"),
     "makespan_workers": Size(4, 4, "makespan: worker processes"),
+    "makespan_batch": Size(100, 100, "makespan: FLEET_LAUNCH_BATCH_MAX of the batched run"),
+    "makespan_reference": Size(1, 1, "makespan: 1 also runs one launch per call, 0 not"),
     "boot_seconds": Size(20, 20, "makespan: the simulated instance boot"),
     "scale_rows": Size(100_000, 20_000, "scale: node rows"),
     "due_share": Size(0.01, 0.01, "scale: share of the rows that is due"),
@@ -76,6 +79,7 @@ SIZES: dict[str, Size] = {
     "rollout_watch_interval": Size(2, 2, "rollout: seconds between two probes of a node"),
 }
 INTEGER_SIZES = {"nodes", "workers", "rounds", "latency_rows", "makespan_nodes",
+                 "makespan_large_nodes", "makespan_batch", "makespan_reference",
                  "makespan_workers", "scale_rows", "query_runs", "rss_steps", "watch_nodes",
                  "watch_windows", "watch_reboots", "watch_reference_probes", "rollout_nodes",
                  "rollout_batch_percent", "rollout_workers"}  # fmt: skip
@@ -91,9 +95,12 @@ def _latency(bench: Bench, s: dict[str, Any]) -> Measurement:
     return latency.measure(bench, sizes)
 
 
-def _makespan(bench: Bench, s: dict[str, Any]) -> Measurement:
-    sizes = makespan.MakespanSizes(s["makespan_nodes"], s["makespan_workers"], s["boot_seconds"])
-    return makespan.measure(bench, sizes)
+def _makespan(bench: Bench, s: dict[str, Any]) -> list[Measurement]:
+    fleets = [n for n in (s["makespan_nodes"], s["makespan_large_nodes"]) if n > 0]
+    reference = bool(s["makespan_reference"])
+    each = [makespan.MakespanSizes(n, s["makespan_workers"], s["boot_seconds"],
+                                   s["makespan_batch"], reference) for n in fleets]  # fmt: skip
+    return [makespan.measure(bench, sizes) for sizes in each]
 
 
 def _scale(bench: Bench, s: dict[str, Any]) -> Measurement:
@@ -114,7 +121,8 @@ def _rollout(bench: Bench, s: dict[str, Any]) -> Measurement:
     return rollout.measure(bench, sizes)
 
 
-MEASUREMENTS: dict[str, Callable[[Bench, dict[str, Any]], Measurement]] = {
+# A measurement may run at several sizes (makespan: 300 and 1,000 nodes), one Measurement each.
+MEASUREMENTS: dict[str, Callable[[Bench, dict[str, Any]], Measurement | list[Measurement]]] = {
     "overhead": _overhead,
     "latency": _latency,
     "makespan": _makespan,
@@ -175,10 +183,11 @@ def run_all(bench: Bench, names: list[str], sizes: dict[str, Any]) -> list[Measu
     for name in names:
         began = time.monotonic()
         print(f"bench: measuring {name} ...", file=sys.stderr, flush=True)
-        measurement = MEASUREMENTS[name](bench, sizes)
-        measurement.details["seconds"] = round(time.monotonic() - began, 1)
-        measurements.append(measurement)
-        print(f"bench: {name} took {measurement.details['seconds']} s", file=sys.stderr)
+        found = MEASUREMENTS[name](bench, sizes)
+        for measurement in found if isinstance(found, list) else [found]:
+            measurement.details["seconds"] = round(time.monotonic() - began, 1)
+            measurements.append(measurement)
+        print(f"bench: {name} took {round(time.monotonic() - began, 1)} s", file=sys.stderr)
     return measurements
 
 

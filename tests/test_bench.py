@@ -126,3 +126,26 @@ def test_rollout_bench_runs_and_reports(services: Services, tmp_path: Path) -> N
     # Never more nodes down than max-unavailable, from the history (and some were down).
     assert down["value"] == 2 and down["verdict"] == "met", down
     assert "./scripts/bench --only rollout" in markdown and "floor" in printed
+
+
+MAKESPAN_TINY = [
+    "--only", "makespan", "--makespan-nodes", "6", "--makespan-large-nodes", "0",
+    "--makespan-workers", "2", "--makespan-batch", "4", "--boot-seconds", "2",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(BENCH_TIMEOUT_SECONDS + 20)
+def test_makespan_bench_runs_both_ways_and_reports(services: Services, tmp_path: Path) -> None:
+    record, _, printed = run_bench(services, tmp_path, MAKESPAN_TINY)
+
+    assert {f["measurement"] for f in record["figures"]} == {"makespan_6"}
+    [batched, before, cpu] = record["figures"]
+    assert batched["name"].endswith("batched launches") and batched["reference"] > 2, batched
+    assert before["reference"] == batched["value"], "one launch per call beside the batched"
+    assert cpu["unit"] == "ms" and cpu["value"] > 0 and cpu["reference"] > 0
+    runs = record["details"]["makespan_6"]["runs"]
+    # Batches of 4: 6 nodes in two RunInstances (more if EC2 gave fewer); one each before.
+    assert 2 <= runs["batched"]["run_instances_calls"].get("launched", 0) < 6, runs["batched"]
+    assert runs["one at a time"]["run_instances_calls"].get("launched") == 6
+    assert "makespan_6 batched: seconds in state" in printed
