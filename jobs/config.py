@@ -111,12 +111,13 @@ class StepSettings(BaseSettings):
     # Batched launches (jobs/steps/batching.py): one RunInstances for up to this many
     # nodes waiting to launch in one region with one instance type. 1: one launch per
     # node, paced by the fleet-wide budget above (the behaviour before batches).
-    launch_batch_max: int = Field(default=1, ge=1, le=1000)
+    launch_batch_max: int = Field(default=100, ge=1, le=1000)
     # With batches, launches are paced per region by EC2's own RunInstances buckets
-    # instead: one request token a call, one resource token an instance (AWS documents
-    # capacity 1000 and refill 2 per second for both; an account may have other figures).
+    # instead: one request token a call (AWS documents capacity 5, refill 2 per second),
+    # one resource token an instance (capacity 1000, refill 2 per second); an account
+    # may have other figures ("Request throttling for the Amazon EC2 API").
     ec2_request_rate: float = Field(default=2.0, gt=0)
-    ec2_request_burst: float = Field(default=1000.0, ge=1)
+    ec2_request_burst: float = Field(default=5.0, ge=1)
     ec2_resource_rate: float = Field(default=2.0, gt=0)
     ec2_resource_burst: float = Field(default=1000.0, ge=1)
     ec2_max_retries: int = Field(default=8, ge=1)

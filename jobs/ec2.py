@@ -99,8 +99,14 @@ def batch_request(
     fewer: the rest go in a later batch). Only the fleet's tags go in TagSpecifications
     (the same for every node, as the one request must be); each instance gets its node's
     tags by CreateTags, matched by AmiLaunchIndex (Ec2Cloud.tag_batch). The same on every
-    run of the batch: its ClientToken promises EC2 an identical request."""
-    tags = _tags(fleet_tags(fleet_id, fleet_tag))
+    run of the batch: its ClientToken promises EC2 an identical request. A batch of one
+    node carries the node's tags too, as a launch of its own does: its instance is the
+    node's from its first moment, whatever happens to the worker after the call."""
+    own: dict[str, str] = {}
+    if len(batch.node_ids) == 1:
+        name = batch.node_names[0]
+        own = {"Name": name, **node_tags(batch.node_ids[0], name)}
+    tags = _tags(own | fleet_tags(fleet_id, fleet_tag))
     return _request(
         region,
         batch.instance_type,

@@ -78,6 +78,7 @@ def _healthy(url: str, process: subprocess.Popen[bytes]) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_a_node_created_through_the_api_reaches_live(
     simulation: Simulation,
     issuer: Issuer,
@@ -140,6 +141,7 @@ def _secrets(simulation: Simulation, node_id: int) -> list[str]:
     return [secret.reveal() for secret in found if secret is not None]
 
 
+@pytest.mark.slow
 def test_destroy_through_the_api_during_the_launch_leaves_nothing_running(
     simulation: Simulation,
     issuer: Issuer,

@@ -52,6 +52,7 @@ def test_a_backup_stays_the_same_size_over_ten_stop_start_cycles(
     assert not any("backup" in p.name for p in host.disk.storage_dir.rglob("*"))
 
 
+@pytest.mark.slow
 def test_fleet_node_backups_lists_key_size_and_checksum(
     simulation: Simulation,
     db_url: str,

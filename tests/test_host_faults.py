@@ -4,6 +4,7 @@ worker lacks, an agent command that never ends. Real SSH to the simulated hosts.
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from tests.conftest import add_nodes, fetch, held_with, wait_until
 from tests.simulation import RELEASE, Simulation, release_sha256, write_ssh_key
@@ -40,6 +41,7 @@ def test_a_missing_ssh_key_file_holds_at_once(
     assert attempts <= 1
 
 
+@pytest.mark.slow
 def test_a_stalled_download_times_out_and_the_update_succeeds_once_it_flows(
     simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
 ) -> None:

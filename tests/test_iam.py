@@ -147,6 +147,7 @@ def add_release(db_url: str) -> None:
         )
 
 
+@pytest.mark.slow
 def test_the_lifecycle_needs_nothing_beyond_the_policies(
     aws: EnforcingMotoServer,
     config: FleetSettings,

@@ -83,6 +83,7 @@ def nothing_left_running(simulation: Simulation, node_id: int) -> None:
     wait_until(lambda: running_for(simulation, node_id) == [], 20, "no instance of the node runs")
 
 
+@pytest.mark.slow
 def test_destroy_asked_while_the_launch_is_in_flight_leaves_nothing_running(
     simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
 ) -> None:

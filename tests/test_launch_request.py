@@ -231,6 +231,19 @@ def test_a_batch_is_one_request_tagged_per_node_by_launch_index(moto: MotoServer
     assert fleet_ec2.made_by(cloud, FLEET_ID, 9, unfulfilled) == []
 
 
+def test_a_batch_of_one_carries_its_nodes_tags_from_the_first_moment(moto: MotoServer) -> None:
+    """Nothing to match by launch index: the node's own tags go in the request, so a
+    worker killed right after the call leaves an instance the node's, as a launch of its
+    own would (found by tests/test_launch_races.py with batches on)."""
+    from jobs.registry import LaunchBatch
+
+    settings = StepSettings(aws_endpoint_url=moto.url, regions={REGION: RegionConfig(ami=AMI)})
+    cloud = fleet_ec2.Ec2Cloud(settings, FLEET_ID)
+    [instance] = cloud.launch_batch(LaunchBatch(f"{FLEET_ID}-b2", REGION, "t3.small", 0, None,
+                                                (7,), ("n7",)))  # fmt: skip
+    assert (instance.node_id(), instance.fleet_id(), instance.tags["Name"]) == (7, FLEET_ID, "n7")
+
+
 def test_terminate_many_is_one_call_and_survives_an_instance_ec2_forgot(
     moto: MotoServer,
 ) -> None:

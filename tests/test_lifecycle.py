@@ -5,6 +5,7 @@ import subprocess
 from collections.abc import Callable
 
 import psycopg
+import pytest
 
 from models.backups import BackupRecord
 from tests.conftest import add_nodes, fetch, wait_until
@@ -41,6 +42,7 @@ def request(db_url: str, node_ids: list[int], state: str, version: str | None = 
             )
 
 
+@pytest.mark.slow
 def test_full_lifecycle_through_the_simulated_cloud(
     simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
 ) -> None:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import psycopg
+import pytest
 
 from tests.conftest import add_nodes, fetch
 from tests.simulation import Simulation
@@ -31,6 +32,7 @@ def reconcile(simulation: Simulation, *args: str) -> subprocess.CompletedProcess
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_reconcile_finds_orphans_duplicates_and_losses(simulation: Simulation, db_url: str) -> None:
     kept, lost, gone = add_nodes(db_url, ["kept", "lost", "gone"], state="new")
     [(ours,)] = fetch(db_url, "SELECT fleet_id FROM fleet_identity")

@@ -134,6 +134,7 @@ def start_reseal(operator_env: dict[str, str], *args: str) -> subprocess.Popen[s
 NEW_RING = KeyRing.parse(f"new:{NEW_KEY}", "new")
 
 
+@pytest.mark.slow
 def test_after_a_reseal_the_old_key_can_leave_the_ring(run: Run, vault: Vault, db_url: str) -> None:
     old_nodes = add_nodes(db_url, ["vault-1", "vault-2"])
     vault.store(OLD_RING, old_nodes)

@@ -108,6 +108,7 @@ def test_a_changed_ssh_host_key_holds_the_node(
     assert host.daemon is not None and host.daemon.unlocked  # and nothing was locked
 
 
+@pytest.mark.slow
 def test_throttled_launches_are_retried_within_the_fleet_launch_rate(
     simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
 ) -> None:
@@ -133,6 +134,7 @@ def fetch_states(db_url: str, node_ids: list[int]) -> list[str]:
     return [r[0] for r in fetch(db_url, "SELECT state FROM nodes WHERE id = ANY(%s)", node_ids)]
 
 
+@pytest.mark.slow
 def test_no_secret_leaks_into_the_database_redis_or_logs(
     simulation: Simulation,
     db_url: str,
