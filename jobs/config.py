@@ -111,7 +111,7 @@ class StepSettings(BaseSettings):
     # Batched launches (jobs/steps/batching.py): one RunInstances for up to this many
     # nodes waiting to launch in one region with one instance type. 1: one launch per
     # node, paced by the fleet-wide budget above (the behaviour before batches).
-    launch_batch_max: int = Field(default=100, ge=1, le=1000)
+    launch_batch_max: int = Field(default=1, ge=1, le=1000)
     # With batches, launches are paced per region by EC2's own RunInstances buckets
     # instead: one request token a call (AWS documents capacity 5, refill 2 per second),
     # one resource token an instance (capacity 1000, refill 2 per second); an account
