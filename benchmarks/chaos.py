@@ -68,6 +68,7 @@ from benchmarks.chaos_rollout import (
     abort_checks,
     abort_midway,
     add_releases,
+    connected,
     roll,
     rollout_checks,
 )
@@ -258,7 +259,7 @@ def drive(
     app_url = urls["app"]
     faults.open("live")
     # What an app does (insert, ask) it does with the app's login; the harness watches as owner.
-    with connect_retrying(app_url) as db:
+    with connected(app_url) as db:
         for name in names:
             db.execute(
                 "INSERT INTO nodes (name, owner, region, instance_type, network, current_version,"
@@ -314,7 +315,7 @@ def rollouts(
 
 
 def versions_of(db_url: str, names: list[str]) -> list[tuple[str, str | None, bool]]:
-    with connect_retrying(db_url) as db:
+    with connected(db_url) as db:
         rows = db.execute(
             "SELECT name, current_version, held FROM nodes WHERE name = ANY(%s)", (names,)
         ).fetchall()
@@ -326,7 +327,7 @@ def replace_dead(operator_url: str, dead: list[str]) -> dict[str, str]:
     accepting the channels' loss (each died live, so no backup is clean: its last state was
     unlocked). Returns each one's hold, as the watch left it."""
     held: dict[str, str] = {}
-    with connect_retrying(operator_url) as db:
+    with connected(operator_url) as db:
         for name in dead:
             [(error,)] = db.execute("SELECT last_error FROM nodes WHERE name = %s AND held",
                                     (name,)).fetchall()  # fmt: skip
@@ -361,7 +362,7 @@ def timed_settle(
 def ask(db_url: str, targets: dict[str, str], names: list[str], state: str, then: str) -> list[str]:
     """Request `state` for the named nodes that are not held (a held node waits for an
     operator; the chaos run leaves it held, with its error, for the report)."""
-    with connect_retrying(db_url) as db:
+    with connected(db_url) as db:
         moved = db.execute(
             "UPDATE nodes SET state = %s, target_version = CASE WHEN %s = 'update' THEN %s"
             " ELSE target_version END WHERE name = ANY(%s) AND NOT held RETURNING name",
@@ -408,20 +409,6 @@ def settle(
     raise SystemExit(f"chaos: {len(stuck)} nodes did not settle in time: " + "; ".join(stuck[:5]))
 
 
-@contextmanager
-def connect_retrying(db_url: str) -> Iterator[psycopg.Connection]:
-    for _ in range(60):
-        try:
-            connection = psycopg.connect(db_url, autocommit=True)
-            break
-        except psycopg.OperationalError:
-            time.sleep(0.5)
-    else:
-        raise SystemExit("chaos: cannot reach Postgres")
-    with connection:
-        yield connection
-
-
 def verify(
     db_url: str,
     cloud: SimCloud,
@@ -432,7 +419,7 @@ def verify(
     chaos: Chaos,
     faults: LiveFaults,
 ) -> list[Check]:
-    with connect_retrying(db_url) as db:
+    with connected(db_url) as db:
         rows = db.execute(
             "SELECT id, name, state, held, last_error, instance_id FROM nodes"
         ).fetchall()
