@@ -80,6 +80,26 @@ def test_a_restarted_host_comes_back_locked_and_is_unlocked_without_init(
     assert host.disk.init_calls == 1
 
 
+def test_a_stop_whose_daemon_is_already_down_starts_it_to_back_it_up_then_stops(
+    simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
+) -> None:
+    """As after a worker killed between the agent's `stop` and the step's settle (the
+    full chaos run: every later attempt failed on /lock's refused channel until the
+    node was held): the daemon is down when `stop` runs. It is started (locked, as RLN
+    always starts), backed up locked, and stopped, never held for the closed port."""
+    [node_id] = add_nodes(db_url, ["down-already"])
+    start_worker(env=simulation.env)
+    reach(db_url, [node_id], "live")
+    host = simulation.host(node_id)
+    simulation.cloud.run(host.crash())
+    request(db_url, [node_id], "stop")
+    reach(db_url, [node_id], "stopped")
+    backups = fetch(db_url, "SELECT count(*) FROM node_history WHERE node_id = %s"
+                    " AND event = 'backup'", node_id)  # fmt: skip
+    assert backups == [(1,)]
+    assert host.daemon is None or not host.daemon.unlocked
+
+
 def test_a_changed_ssh_host_key_holds_the_node(
     simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
 ) -> None:
