@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from jobs.outcomes import Outcome
+from models.backups import BackupRecord
 from models.launch_pauses import LaunchPause
 from models.releases import Release
 from models.secrets import Secret, SecretKind
@@ -133,6 +134,10 @@ class StepContext(Protocol):
 
     def note(self, event: Literal["backup", "note"], detail: str) -> None:
         """A line in the node's history, such as where a backup went."""
+        ...
+
+    def backup_this_stay(self) -> BackupRecord | None:
+        """The verified backup a run of this step took since the node entered its state."""
         ...
 
     def release(self, version: str) -> Release | None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Self
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from models.queries import query
@@ -47,3 +48,11 @@ def node_backups(session: Session, node_id: int) -> list[NodeBackup]:
     rows = session.execute(query("node_backups"), {"node_id": node_id}).all()
     found = [(at, BackupRecord.parse(detail)) for at, detail in rows]
     return [NodeBackup(at, record) for at, record in found if record is not None]
+
+
+def backup_this_stay(connection: Connection, node_id: int, state: str) -> BackupRecord | None:
+    """The verified backup taken since the node last entered `state`, if any."""
+    detail = connection.execute(
+        query("backup_this_stay"), {"node_id": node_id, "state": state}
+    ).scalar()
+    return None if detail is None else BackupRecord.parse(detail)

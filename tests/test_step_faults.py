@@ -100,6 +100,39 @@ def test_a_stop_whose_daemon_is_already_down_starts_it_to_back_it_up_then_stops(
     assert host.daemon is None or not host.daemon.unlocked
 
 
+def test_a_stop_killed_after_its_backup_does_not_back_up_again(
+    simulation: Simulation,
+    db_url: str,
+    dispatcher: Dispatcher,
+    start_worker: StartWorker,
+    tmp_path: Path,
+) -> None:
+    """The full chaos run's chaos-086: a stop that backed up and then failed (a worker
+    killed, an agent call lost) took a whole new backup on every later attempt, so under
+    per-call failures its attempts ran out. The backup of this stay in `stop` is kept:
+    the next run removes the host's copy and stops the service."""
+    [node_id] = add_nodes(db_url, ["backed-up-once"])
+    first = start_worker(env=simulation.env)
+    reach(db_url, [node_id], "live")
+    first.kill()
+    first.wait()
+    env = simulation.env | {
+        "FLEET_STEP_MODULES": "jobs.steps,tests.crash_after_backup",
+        "FLEET_TEST_CRASH_DIR": str(tmp_path),
+    }
+    request(db_url, [node_id], "stop")
+    deaths = keep_workers_running(
+        start_worker, env, 1, lambda: fetch(db_url, "SELECT state FROM nodes") == [("stopped",)]
+    )
+    assert deaths == 1
+    backups = fetch(db_url, "SELECT count(*) FROM node_history WHERE node_id = %s"
+                    " AND event = 'backup'", node_id)  # fmt: skip
+    assert backups == [(1,)]
+    host = simulation.host(node_id)
+    assert list(host.disk.path("/var/lib/rln-backups").iterdir()) == []  # the copy removed
+    assert host.daemon is None
+
+
 def test_a_changed_ssh_host_key_holds_the_node(
     simulation: Simulation, db_url: str, dispatcher: Dispatcher, start_worker: StartWorker
 ) -> None:

@@ -31,6 +31,7 @@ from jobs.registry import (
 )
 from jobs.toolbox import Toolbox
 from models import secrets
+from models.backups import BackupRecord, backup_this_stay
 from models.errors import BadInput
 from models.identity import fleet_id
 from models.launch_pauses import LaunchPause
@@ -103,6 +104,10 @@ class RunningStep:
         params = {"node_id": self.node.id, "worker": self.worker, "event": event, "detail": detail}
         with self.engine.connect() as connection:
             connection.execute(query("note_event"), params)
+
+    def backup_this_stay(self) -> BackupRecord | None:
+        with self.engine.connect() as connection:
+            return backup_this_stay(connection, self.node.id, self.node.state)
 
     def release(self, version: str) -> Release | None:
         with self.engine.connect() as connection:

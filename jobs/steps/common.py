@@ -137,6 +137,18 @@ def backup_to_s3(context: StepContext, api: NodeApi) -> BackupRecord:
     return record
 
 
+def backup_once(context: StepContext, api: NodeApi) -> BackupRecord:
+    """The backup of this stay in the node's state: the one an earlier run took (a worker
+    killed after it, an agent call lost), its host copy removed again, or a new one.
+    Nothing unlocks a node in stop, update or destroy, so that backup is still the state
+    it last ran; taking a new one each run let per-call failures exhaust the attempts."""
+    taken = context.backup_this_stay()
+    if taken is None:
+        return backup_to_s3(context, api)
+    run_agent(context, "backup-remove", f"{HOST_BACKUP_DIR}/{taken.key.rsplit('/', 1)[-1]}")
+    return taken
+
+
 def _uploaded(line: str, uri: str) -> StoredObject:
     """The agent's answer to backup-upload: `S3URI size=N sha256=HEX`."""
     words = line.split()

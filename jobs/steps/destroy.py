@@ -13,7 +13,7 @@ from jobs.registry import StepContext, steps
 from jobs.steps.common import (
     AgentFailed,
     BackupNotVerified,
-    backup_to_s3,
+    backup_once,
     lock_quietly,
     node_api,
 )
@@ -75,7 +75,7 @@ def _back_up_if_answering(context: StepContext) -> None:
     try:
         api = node_api(context)
         lock_quietly(api)
-        backup_to_s3(context, api)
+        backup_once(context, api)
     except (NodeUnreachable, HostUnreachable, AgentFailed):
         return  # best effort: a node that is down cannot be backed up
     except BackupNotVerified as exc:

@@ -10,7 +10,7 @@ from jobs.host import HostStatus, HostUnreachable
 from jobs.node_api import NodeUnreachable
 from jobs.outcomes import Done, Outcome, Wait
 from jobs.registry import StepContext, steps
-from jobs.steps.common import backup_to_s3, lock_quietly, node_api, run_agent
+from jobs.steps.common import backup_once, lock_quietly, node_api, run_agent
 
 
 @steps.step("stop")
@@ -25,7 +25,7 @@ def stop_node(context: StepContext) -> Outcome:
                 raise  # running, yet its API is silent: an error like any other
             run_agent(context, "start")
             return Wait(poll, "node service was down: started it (locked) to back it up")
-        backup_to_s3(context, api)
+        backup_once(context, api)
         run_agent(context, "stop")
     except HostUnreachable as exc:
         return Wait(poll, str(exc))

@@ -11,7 +11,7 @@ from jobs.host import HostStatus, HostUnreachable
 from jobs.node_api import NodeApiError, NodeUnreachable
 from jobs.outcomes import Done, HoldNode, Outcome, Wait
 from jobs.registry import NodeFacts, StepContext, steps
-from jobs.steps.common import backup_to_s3, lock_quietly, node_api, run_agent
+from jobs.steps.common import backup_once, lock_quietly, node_api, run_agent
 from models.releases import Release
 
 
@@ -88,4 +88,4 @@ def _back_up_running_node(context: StepContext) -> None:
         if exc.name != "NotInitialized":
             raise
         return
-    backup_to_s3(context, api)
+    backup_once(context, api)
