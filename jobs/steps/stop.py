@@ -4,7 +4,8 @@ A daemon already down when the step runs (its worker died after the agent's `sto
 before the step settled, or the daemon crashed) has no API to lock or back up through:
 it is started again, which RLN always does locked, and the next run backs it up and
 stops it. Never held for its closed port, and never stopped without a backup of the
-state it last ran."""
+state it last ran. A run after one that backed up keeps that backup (backup_once): the
+node has stayed locked since, so only the host's copy is removed and the service stopped."""
 
 from jobs.host import HostStatus, HostUnreachable
 from jobs.node_api import NodeUnreachable
