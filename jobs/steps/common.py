@@ -120,7 +120,7 @@ def backup_to_s3(context: StepContext, api: NodeApi) -> BackupRecord:
         raise HoldNode(f"node {node.name} has no stored wallet password to back up with")
     settings = context.tools.settings
     file_name = f"{node.name}-{node.step_run}.rlnbackup"
-    path = f"{HOST_BACKUP_DIR}/{file_name}"
+    path = _host_backup_path(file_name)
     api.backup(path, password)
     key = f"{settings.backup_prefix}/{node.owner}/{node.name}/{file_name}"
     uri = f"s3://{settings.backup_bucket}/{key}"
@@ -145,8 +145,13 @@ def backup_once(context: StepContext, api: NodeApi) -> BackupRecord:
     taken = context.backup_this_stay()
     if taken is None:
         return backup_to_s3(context, api)
-    run_agent(context, "backup-remove", f"{HOST_BACKUP_DIR}/{taken.key.rsplit('/', 1)[-1]}")
+    run_agent(context, "backup-remove", _host_backup_path(taken.key.rsplit("/", 1)[-1]))
     return taken
+
+
+def _host_backup_path(file_name: str) -> str:
+    """Where a backup lies on the host before its upload: S3 keeps the same file name."""
+    return f"{HOST_BACKUP_DIR}/{file_name}"
 
 
 def _uploaded(line: str, uri: str) -> StoredObject:
